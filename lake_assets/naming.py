@@ -1,0 +1,44 @@
+"""Naming rules of the lake: identifiers, asset keys and groups, decided once here."""
+
+from __future__ import annotations
+
+import re
+
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+
+# Sibling tables the lake keeps next to each source-aligned table, in the source's namespace.
+TOMBSTONE_SUFFIX = "__tombstones"
+QUARANTINE_TABLE = "lake_quarantine"
+
+
+class NamingError(ValueError):
+    """A name that Athena/Glue (and therefore the lake) cannot use."""
+
+
+def check_identifier(name: str, what: str) -> str:
+    if not isinstance(name, str) or not IDENTIFIER.match(name):
+        raise NamingError(
+            f"{what} {name!r} is not a valid lake identifier: use lowercase [a-z][a-z0-9_]* (Athena's rule)"
+        )
+    return name
+
+
+def source_aligned_key(source: str, table: str) -> list[str]:
+    return ["source_aligned", source, table]
+
+
+def table_identifier(source: str, table: str) -> str:
+    return f"{source}.{table}"
+
+
+def tombstone_identifier(source: str, table: str) -> str:
+    return f"{source}.{table}{TOMBSTONE_SUFFIX}"
+
+
+def quarantine_identifier(source: str) -> str:
+    return f"{source}.{QUARANTINE_TABLE}"
+
+
+def table_pool(source: str, table: str) -> str:
+    """Concurrency pool that serializes merges of one table."""
+    return f"merge_{source}_{table}"
