@@ -8,7 +8,7 @@ IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # Sibling tables the lake keeps next to each source-aligned table, in the source's namespace.
 TOMBSTONE_SUFFIX = "__tombstones"
-QUARANTINE_TABLE = "lake_quarantine"
+QUARANTINE_SUFFIX = "__quarantine"
 
 
 class NamingError(ValueError):
@@ -35,8 +35,8 @@ def tombstone_identifier(source: str, table: str) -> str:
     return f"{source}.{table}{TOMBSTONE_SUFFIX}"
 
 
-def quarantine_identifier(source: str) -> str:
-    return f"{source}.{QUARANTINE_TABLE}"
+def quarantine_identifier(source: str, table: str) -> str:
+    return f"{source}.{table}{QUARANTINE_SUFFIX}"
 
 
 def table_pool(source: str, table: str) -> str:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lake_assets.naming import (
-    QUARANTINE_TABLE,
+    QUARANTINE_SUFFIX,
     TOMBSTONE_SUFFIX,
     NamingError,
     check_identifier,
@@ -131,7 +131,7 @@ class TableSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         check_identifier(v, "table name")
-        if v == QUARANTINE_TABLE or v.endswith(TOMBSTONE_SUFFIX):
+        if v.endswith(TOMBSTONE_SUFFIX) or v.endswith(QUARANTINE_SUFFIX):
             raise ValueError(f"table name {v!r} is reserved for the lake's own tables")
         return v
 

@@ -1,0 +1,123 @@
+"""The lake's own tables beside each source-aligned table: tombstones and quarantined rows.
+
+Both are written before the main table's commit and carry the same batch id, so resuming a batch
+after a crash neither repeats nor loses them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+
+from lake_assets.cdc.batch import SEQ
+from lake_assets.cdc.dms import QuarantinedRow
+from lake_assets.cdc.iceberg import batch_summary, committed_batches, conform, load_or_create
+from lake_assets.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.registry import TableConfig
+
+DELETED_AT = "_lake_deleted_at"
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("file", pa.string()),
+        ("row", pa.int64()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        ("batch_id", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def write_quarantine(
+    catalog: Catalog, table: TableConfig, batch_id: str, rows: list[tuple[str, QuarantinedRow]], now: dt.datetime
+) -> int:
+    if not rows:
+        return 0
+    tbl = load_or_create(catalog, quarantine_identifier(table.source, table.name), QUARANTINE_SCHEMA)
+    if batch_id in committed_batches(tbl):
+        return len(rows)
+    data = pa.table(
+        {
+            "file": [f for f, _ in rows],
+            "row": [q.row for _, q in rows],
+            "reason": [q.reason for _, q in rows],
+            "raw": [q.raw for _, q in rows],
+            "batch_id": [batch_id] * len(rows),
+            "quarantined_at": [now] * len(rows),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    files = sorted({f for f, _ in rows})
+    tbl.append(data, snapshot_properties=batch_summary(batch_id, files, -1, {"quarantined": len(rows)}))
+    return len(rows)
+
+
+def load_tombstones(catalog: Catalog, table: TableConfig) -> pa.Table | None:
+    try:
+        tbl = catalog.load_table(tombstone_identifier(table.source, table.name))
+    except NoSuchTableError:
+        return None
+    return tbl.scan().to_arrow()
+
+
+def update_tombstones(
+    catalog: Catalog,
+    table: TableConfig,
+    batch_id: str,
+    *,
+    old: pa.Table | None,
+    deleted: pa.Table,
+    rewritten_keys: pa.Table,
+    reload: bool,
+    now: dt.datetime,
+) -> int:
+    """Keep one tombstone per deleted key (its delete's sequence) for the retention period.
+
+    deleted: key columns + _lake_seq of applied deletes; rewritten_keys: keys written by this batch,
+    whose older tombstones are no longer needed (the table row's sequence now guards them).
+    Returns the number of tombstones kept.
+    """
+    keys = list(table.primary_key)
+    identifier = tombstone_identifier(table.source, table.name)
+    if old is None and deleted.num_rows == 0:
+        return 0
+    cutoff = now - dt.timedelta(days=table.tombstone_retention_days)
+    new = pa.table({**{k: deleted.column(k) for k in keys}, SEQ: deleted.column(SEQ)}).append_column(
+        DELETED_AT, pa.array([now] * deleted.num_rows, pa.timestamp("us", tz="UTC"))
+    )
+    con = duckdb.connect()
+    con.register("new", new)
+    con.register("rw", pa.table({k: rewritten_keys.column(k) for k in keys}) if rewritten_keys.num_rows else new.select(keys).slice(0, 0))
+    kcols = ", ".join(f'"{k}"' for k in keys)
+    on = lambda a, b: " AND ".join(f'{a}."{k}" = {b}."{k}"' for k in keys)  # noqa: E731
+    if old is not None and not reload and old.num_rows:
+        con.register("old", old.select(keys + [SEQ, DELETED_AT]))
+        union = "SELECT * FROM old UNION ALL SELECT * FROM new"
+    else:
+        union = "SELECT * FROM new"
+    kept = con.execute(
+        f"""SELECT u.* FROM ({union}) u
+        WHERE u.{DELETED_AT} >= ? AND NOT EXISTS (SELECT 1 FROM rw WHERE {on('rw', 'u')})
+        QUALIFY row_number() OVER (PARTITION BY {kcols} ORDER BY u.{SEQ} DESC) = 1""",
+        [cutoff],
+    ).arrow().read_all()
+    con.close()
+    unchanged = old is not None and not reload and deleted.num_rows == 0 and kept.num_rows == old.num_rows
+    if unchanged:
+        return kept.num_rows
+    tbl = load_or_create(catalog, identifier, new.schema)
+    if batch_id in committed_batches(tbl):
+        return kept.num_rows
+    txn = tbl.transaction()
+    with warnings.catch_warnings():  # an empty tombstone table "matches no records": expected
+        warnings.simplefilter("ignore", UserWarning)
+        txn.overwrite(conform(kept, txn.table_metadata.schema().as_arrow()),
+                      snapshot_properties=batch_summary(batch_id, [], -1, {"tombstones": kept.num_rows}))
+    txn.commit_transaction()
+    return kept.num_rows
