@@ -8,6 +8,7 @@ to date; otherwise it is merged again. Re-running with nothing new changes nothi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 from typing import Callable
@@ -15,8 +16,9 @@ from typing import Callable
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 
+from lake_assets.cdc.batch import SequenceError
 from lake_assets.cdc.dms import LandingKeyError, parse_landing_key
-from lake_assets.cdc.iceberg import committed_batches
+from lake_assets.cdc.iceberg import SchemaDriftError, committed_batches
 from lake_assets.cdc.inprocess import MergeResult
 from lake_assets.landing import LandingZone
 from lake_assets.ledger import FileLedger, LedgerEntry
@@ -67,8 +69,6 @@ def _committed_summary(catalog: Catalog, table: TableConfig, batch_id: str) -> d
 
 
 def _run_batch(table, batch_id, entries: list[LedgerEntry], catalog, ledger, landing, engine, failpoint) -> MergeResult:
-    import json
-
     failpoint("after_claim")
     summary = _committed_summary(catalog, table, batch_id)
     if summary is not None:
@@ -104,6 +104,10 @@ def _run_batch(table, batch_id, entries: list[LedgerEntry], catalog, ledger, lan
         except CommitFailedException:
             if attempt == COMMIT_ATTEMPTS:
                 raise
+        except (SchemaDriftError, SequenceError) as err:
+            # The batch cannot apply as is: its files stay in the ledger as failed (retryable), nothing committed.
+            ledger.finish_batch(batch_id, committed={}, failed={f.key: str(err) for f, _ in files} | failed, snapshot_id=None)
+            raise
     failed.update(result.failed_files)
     result.failed_files = failed
     per_file = _per_file_counts(files, result)

@@ -1,0 +1,157 @@
+"""Source-aligned assets: one per registry table, built by a factory, each merging its pending files."""
+
+
+import json
+
+import duckdb
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pyiceberg.exceptions import NoSuchTableError
+
+from lake_assets.cdc.exactly_once import merge_pending
+from lake_assets.cdc.iceberg import committed_batches
+from lake_assets.naming import table_pool
+from lake_assets.registry import Registry, TableConfig
+from resources.lake import LakeResource, MergeEngineResource
+
+UNIQUE_KEYS = "unique_primary_key"
+LEDGER_RECONCILED = "ledger_reconciled"
+QUARANTINE_RATE = "quarantine_rate"
+
+
+class MergeConfig(Config):
+    retry_failed: bool = False
+    max_files: int | None = None
+
+
+def _check_specs(key: AssetKey, table: TableConfig) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(UNIQUE_KEYS, asset=key, description=f"No two rows share ({', '.join(table.primary_key)})"),
+        AssetCheckSpec(LEDGER_RECONCILED, asset=key, description="Every file the ledger calls committed is in a snapshot's file list, and none is stuck processing"),
+        AssetCheckSpec(QUARANTINE_RATE, asset=key, description=f"Quarantined rows stay under {table.quarantine_max_rate:.1%} of rows read"),
+    ]
+
+
+def build_source_aligned_asset(table: TableConfig):
+    key = AssetKey(table.asset_key_path)
+
+    @asset(
+        key=key,
+        group_name=table.source,
+        kinds={"iceberg", "spark" if table.engine == "spark" else "duckdb"},
+        pool=table_pool(table.source, table.name),
+        description=table.description or f"{table.schema}.{table.source_table} of {table.source}, merged from CDC",
+        owners=list(table.owners),
+        tags={"lake/mode": table.mode, "lake/engine": table.engine},
+        metadata={
+            "iceberg_table": table.identifier,
+            "primary_key": ", ".join(table.primary_key),
+            "sequence_by": table.sequence_by or "(file, row)",
+            "landing_prefix": table.landing_prefix,
+            "registry_file": table.config_file,
+        },
+        check_specs=_check_specs(key, table),
+    )
+    def _merge(context: AssetExecutionContext, config: MergeConfig, lake: LakeResource, merge_engine: MergeEngineResource):
+        return merge_table(context, table, config, lake, merge_engine)
+
+    return _merge
+
+
+def merge_table(context, table: TableConfig, config: MergeConfig, lake: LakeResource, merge_engine: MergeEngineResource):
+    engine = merge_engine.engine_for(table, context)
+    try:
+        results = merge_pending(
+            table, catalog=lake.catalog, ledger=lake.ledger, landing=lake.landing, engine=engine,
+            retry_failed=config.retry_failed, max_files=config.max_files, log=context.log.info,
+        )
+    except Exception as e:  # noqa: BLE001 - any failure fails this table only; its files stay retryable
+        raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e
+    totals = {k: 0 for k in ("files", "rows_read", "inserted", "updated", "deleted", "appended", "stale_skipped",
+                             "tombstone_rejected", "quarantined", "files_rewritten")}
+    failed: dict[str, str] = {}
+    snapshot = None
+    schema_changes: list[str] = []
+    for r in results:
+        totals["files"] += len(r.files)
+        for k in totals:
+            if k != "files":
+                totals[k] += getattr(r, k)
+        failed.update(r.failed_files)
+        schema_changes += r.schema_changes
+        snapshot = r.snapshot_id or snapshot
+        context.log.info(
+            f"{table.identifier} batch {r.batch_id}: {len(r.files)} files, {r.rows_read} rows read, "
+            f"I/U/D {r.inserted}/{r.updated}/{r.deleted}, appended {r.appended}, quarantined {r.quarantined}, "
+            f"stale {r.stale_skipped + r.tombstone_rejected}, snapshot {r.snapshot_id}"
+            + (" (already committed before a crash; ledger reconciled)" if r.already_committed else "")
+        )
+    for key, reason in failed.items():
+        context.log.error(f"{table.identifier}: file failed and stays retryable: {reason}")
+    if not results:
+        context.log.info(f"{table.identifier}: no pending files; nothing changed")
+
+    metadata = {k: MetadataValue.int(v) for k, v in totals.items()}
+    metadata["failed_files"] = MetadataValue.int(len(failed))
+    if failed:
+        metadata["failures"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failed.items()))
+    if schema_changes:
+        metadata["schema_changes"] = MetadataValue.md("\n".join(f"- {c}" for c in schema_changes))
+    if snapshot is not None:
+        metadata["snapshot_id"] = MetadataValue.text(str(snapshot))
+    metadata["batches"] = MetadataValue.int(len(results))
+    return MaterializeResult(metadata=metadata, check_results=run_checks(table, lake, totals))
+
+
+def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -> list[AssetCheckResult]:
+    try:
+        tbl = lake.catalog.load_table(table.identifier)
+    except NoSuchTableError:
+        tbl = None
+    results = []
+    if tbl is not None and table.mode == "current":
+        keys = tbl.scan(selected_fields=table.primary_key).to_arrow()
+        con = duckdb.connect()
+        con.register("k", keys)
+        cols = ", ".join(f'"{k}"' for k in table.primary_key)
+        dupes = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchone()[0]
+        con.close()
+        results.append(AssetCheckResult(check_name=UNIQUE_KEYS, passed=dupes == 0,
+                                        metadata={"duplicate_keys": dupes, "rows": keys.num_rows}))
+    else:
+        results.append(AssetCheckResult(check_name=UNIQUE_KEYS, passed=True, metadata={"note": "history mode or no table yet"}))
+
+    committed_files: set[str] = set()
+    if tbl is not None:
+        for summary in committed_batches(tbl).values():
+            committed_files.update(json.loads(summary.get("lake.files", "[]")))
+    ledger_committed = {e.key for e in lake.ledger.entries(table.identifier, "committed")}
+    ledger_committed |= {e.key for e in lake.ledger.entries(table.identifier, "quarantined")}
+    missing = sorted(ledger_committed - committed_files)
+    stuck = lake.ledger.status_counts(table.identifier)["processing"]
+    results.append(AssetCheckResult(
+        check_name=LEDGER_RECONCILED, passed=not missing and stuck == 0,
+        metadata={"committed_files": len(ledger_committed), "missing_from_snapshots": len(missing),
+                  "stuck_processing": stuck, "examples": ", ".join(missing[:5]) or "-"},
+    ))
+    rate = totals["quarantined"] / totals["rows_read"] if totals["rows_read"] else 0.0
+    results.append(AssetCheckResult(
+        check_name=QUARANTINE_RATE, passed=rate <= table.quarantine_max_rate, severity=AssetCheckSeverity.ERROR,
+        metadata={"quarantined": totals["quarantined"], "rows_read": totals["rows_read"], "rate": float(rate),
+                  "max_rate": table.quarantine_max_rate},
+    ))
+    return results
+
+
+def source_aligned_assets(registry: Registry) -> list:
+    return [build_source_aligned_asset(t) for t in registry.tables]

@@ -1,0 +1,63 @@
+"""Sensors: the landing sensor records arrivals in the ledger and asks for merges of on-arrival tables."""
+
+
+import json
+
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from lake_assets.arrivals import record_arrivals
+from lake_assets.environment import lake_env
+from lake_assets.registry import Registry
+from resources.lake import LakeResource
+
+MAX_FILES_PER_TICK = 20_000  # sensors time out at 60 s; the rest is picked up next tick
+
+
+def build_landing_sensor(registry: Registry):
+    tables = {t.identifier: t for t in registry.tables}
+    selection = AssetSelection.assets(*[AssetKey(t.asset_key_path) for t in registry.tables])
+
+    @sensor(
+        name="landing_sensor",
+        minimum_interval_seconds=30,
+        target=selection,
+        default_status=DefaultSensorStatus.RUNNING if lake_env() == "local" else DefaultSensorStatus.STOPPED,
+        description="Records new landing-zone files in the ledger and requests merges of on-arrival tables",
+    )
+    def landing_sensor(context: SensorEvaluationContext, lake: LakeResource):
+        report = record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK)
+        for key, reason in report.unroutable[:20]:
+            context.log.warning(f"unroutable file, recorded as failed: {reason}")
+        pending = lake.ledger.tables_with_pending()
+        on_arrival = sorted(t for t in pending if t in tables and tables[t].refresh == "on_arrival")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        last_ids = cursor.get("pending_marks", {})
+        # A table is requested again only when new files arrived for it since its last request.
+        marks = {t: max(e.id for e in lake.ledger.entries(t, "landed")) if pending[t] else 0 for t in on_arrival}
+        fresh = [t for t in on_arrival if marks[t] and marks[t] != last_ids.get(t)]
+        new_cursor = json.dumps({"pending_marks": {**last_ids, **marks}, "last_recorded": report.total,
+                                 "duplicates": report.duplicates})
+        context.log.info(
+            f"landing {lake.landing.describe()}: {report.total} new files "
+            f"({len(report.unroutable)} unroutable, {report.duplicates} identical re-deliveries ignored, "
+            f"{report.rerouted} re-routed); tables pending: {len(pending)}"
+        )
+        if not fresh:
+            return SensorResult(skip_reason=SkipReason("no new files for on-arrival tables"), cursor=new_cursor)
+        run_key = "arrivals-" + "-".join(f"{t}:{marks[t]}" for t in fresh)
+        return SensorResult(
+            run_requests=[RunRequest(run_key=run_key[:240], asset_selection=[AssetKey(tables[t].asset_key_path) for t in fresh],
+                                     tags={"lake/trigger": "landing_sensor"})],
+            cursor=new_cursor,
+        )
+
+    return landing_sensor
