@@ -221,6 +221,9 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
     else:
         raise FileReadError(f"{where}: CDC file has no Op column")
 
+    for k in table.primary_key:
+        if k not in raw.column_names:
+            raise FileReadError(f"{where}: primary key column {k!r} is missing from the file")
     columns: dict[str, pa.Array] = {}
     declared = {c.name: arrow_type(c.type) for c in table.columns} if table.columns is not None else {}
     data_names = [c for c in raw.column_names if c not in (OP, ROW)]
@@ -237,8 +240,6 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
         columns[name] = cast
 
     for k in table.primary_key:
-        if k not in columns:
-            raise FileReadError(f"{where}: primary key column {k!r} is missing from the file")
         for i in pc.indices_nonzero(pc.is_null(columns[k])).to_pylist():
             reasons.setdefault(i, f"null primary key column {k}")
 

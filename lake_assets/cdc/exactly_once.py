@@ -97,6 +97,9 @@ def _run_batch(table, batch_id, entries: list[LedgerEntry], catalog, ledger, lan
             continue
         files.append((f, data))
 
+    if not files:
+        ledger.finish_batch(batch_id, committed={}, failed=failed, snapshot_id=None)
+        return MergeResult(table.identifier, batch_id, [], failed_files=failed)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             result = engine.merge(catalog, table, files, batch_id, failpoint=failpoint)

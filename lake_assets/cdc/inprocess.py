@@ -164,6 +164,8 @@ class InProcessEngine:
         started = time.perf_counter()
         now = now or dt.datetime.now(dt.UTC)
         batch, failed = read_batch(table, files)
+        if not batch.files:  # nothing readable: nothing to commit, the files stay failed and retryable
+            return MergeResult(table.identifier, batch_id, [], failed_files=failed, seconds=time.perf_counter() - started)
         result = self.apply(catalog, batch, batch_id, now=now, failpoint=failpoint)
         result.failed_files = failed
         result.per_file = batch.per_file
