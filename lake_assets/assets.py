@@ -10,7 +10,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -29,9 +28,9 @@ LEDGER_RECONCILED = "ledger_reconciled"
 QUARANTINE_RATE = "quarantine_rate"
 
 
-class MergeConfig(Config):
-    retry_failed: bool = False
-    max_files: int | None = None
+# Run tags rather than a Config class: building a config schema per asset costs seconds at 3,000 tables.
+RETRY_FAILED_TAG = "lake/retry_failed"  # "true": failed files of the selected tables are retried
+MAX_FILES_TAG = "lake/max_files"  # cap on files per batch
 
 
 def _check_specs(key: AssetKey, table: TableConfig) -> list[AssetCheckSpec]:
@@ -62,18 +61,21 @@ def build_source_aligned_asset(table: TableConfig):
         },
         check_specs=_check_specs(key, table),
     )
-    def _merge(context: AssetExecutionContext, config: MergeConfig, lake: LakeResource, merge_engine: MergeEngineResource):
-        return merge_table(context, table, config, lake, merge_engine)
+    def _merge(context: AssetExecutionContext, lake: LakeResource, merge_engine: MergeEngineResource):
+        return merge_table(context, table, lake, merge_engine)
 
     return _merge
 
 
-def merge_table(context, table: TableConfig, config: MergeConfig, lake: LakeResource, merge_engine: MergeEngineResource):
+def merge_table(context, table: TableConfig, lake: LakeResource, merge_engine: MergeEngineResource):
     engine = merge_engine.engine_for(table, context)
+    tags = context.run.tags if context.run else {}
+    retry_failed = tags.get(RETRY_FAILED_TAG, "false").lower() == "true"
+    max_files = int(tags[MAX_FILES_TAG]) if tags.get(MAX_FILES_TAG) else None
     try:
         results = merge_pending(
             table, catalog=lake.catalog, ledger=lake.ledger, landing=lake.landing, engine=engine,
-            retry_failed=config.retry_failed, max_files=config.max_files, log=context.log.info,
+            retry_failed=retry_failed, max_files=max_files, log=context.log.info,
         )
     except Exception as e:  # noqa: BLE001 - any failure fails this table only; its files stay retryable
         raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e

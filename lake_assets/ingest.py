@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from dagster import AssetKey, DagsterInstance, materialize
 
 from lake_assets.arrivals import ArrivalReport, record_arrivals
+from lake_assets.assets import RETRY_FAILED_TAG
 from lake_assets.environment import LakeEnvironment, environment_from_env
 
 
@@ -32,12 +33,9 @@ def ingest(env: LakeEnvironment, defs, registry, instance=None, retry_failed: bo
     if not tables:
         return IngestOutcome(report, {}, True)
     keys = [AssetKey(t.asset_key_path) for t in tables]
-    run_config = None
-    if retry_failed:
-        run_config = {"ops": {AssetKey(t.asset_key_path).to_python_identifier(): {"config": {"retry_failed": True}} for t in tables}}
     result = materialize(
         list(defs.assets), selection=keys, instance=instance, resources=dict(defs.resources),
-        run_config=run_config, tags={"lake/trigger": "ingest"}, raise_on_error=False,
+        tags={"lake/trigger": "ingest", RETRY_FAILED_TAG: str(retry_failed).lower()}, raise_on_error=False,
     )
     md = {
         ev.materialization.asset_key.to_user_string(): {k: v.value for k, v in ev.materialization.metadata.items()}

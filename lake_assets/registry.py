@@ -25,6 +25,7 @@ from lake_assets.naming import (
 )
 
 BUILTIN_SOURCES_DIR = Path(__file__).parent / "sources"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big registries
 
 COLUMN_TYPE = re.compile(
     r"^(string|int|long|float|double|boolean|date|timestamp|timestamptz|binary|decimal\(\s*\d+\s*,\s*\d+\s*\))$"
@@ -290,7 +291,7 @@ def _format_validation_error(path: Path, raw: dict, err: ValidationError) -> str
 
 def load_source_file(path: Path) -> list[TableConfig]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except yaml.YAMLError as e:
         raise RegistryError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
