@@ -1,0 +1,141 @@
+"""The dbt layers in Dagster: keys and lineage from every source-aligned table through aggregated
+models to consumer datasets, dbt tests as asset checks, declarative automation that refreshes
+models after their parents change, and a real in-process materialization against a temporary lake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dbt_lake_fixture import create_source_tables, lake_catalog
+from lake_assets import governance
+from lake_assets.dbt_assets import dbt_definitions, dbt_executable, dbt_resource
+from lake_assets.registry import load_registry
+
+SOURCE_KEYS = [dg.AssetKey(t.asset_key_path) for t in load_registry().by_source()["travel"]]
+
+
+@pytest.fixture(scope="module")
+def defs(tmp_path_factory) -> dg.Definitions:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LAKE_ENV", "local")
+    mp.setenv("LAKE_HOME", str(tmp_path_factory.mktemp("defs_lake")))
+    try:
+        yield dbt_definitions()
+    finally:
+        mp.undo()
+
+
+def source_stubs() -> list[dg.AssetsDefinition]:
+    """Stand-ins for the source-aligned assets another module defines with the same keys."""
+
+    def stub(key: dg.AssetKey) -> dg.AssetsDefinition:
+        @dg.asset(key=key, group_name="travel")
+        def _source_aligned() -> None:
+            return None
+
+        return _source_aligned
+
+    return [stub(k) for k in SOURCE_KEYS]
+
+
+def test_definitions_load_and_keys_follow_the_layers(defs):
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k for k in graph.get_all_asset_keys() if graph.get(k).is_materializable}
+    policy = governance.load_validated_policy()
+    consumer_keys = {dg.AssetKey(["consumer", c, d]) for c, con in policy.consumers.items() for d in con.datasets}
+    aggregated_keys = {k for k in keys if k.path[0] == "aggregated"}
+    assert keys == aggregated_keys | consumer_keys
+    assert {k.path[1] for k in aggregated_keys} == {
+        "customer_lifetime_value", "daily_hotel_bookings", "payment_transactions", "promotion_uptake"
+    }
+    for key in keys:
+        node = graph.get(key)
+        assert node.group_name == ("aggregated" if key.path[0] == "aggregated" else f"consumer_{key.path[1]}")
+        assert {"dbt", "iceberg"} <= set(node.kinds)
+        assert node.automation_condition is not None
+    for key in consumer_keys:
+        assert graph.get(key).parent_keys <= aggregated_keys and graph.get(key).parent_keys
+    for key in aggregated_keys:
+        assert graph.get(key).parent_keys <= set(SOURCE_KEYS)
+
+
+def test_every_source_table_reaches_a_consumer_through_an_aggregated_model(defs):
+    graph = defs.resolve_asset_graph()
+    for source in SOURCE_KEYS:
+        children = graph.get(source).child_keys
+        assert children and all(c.path[0] == "aggregated" for c in children), source
+        assert any(g.path[0] == "consumer" for c in children for g in graph.get(c).child_keys), source
+
+
+def test_dbt_tests_are_asset_checks(defs):
+    graph = defs.resolve_asset_graph()
+    checks = graph.asset_check_keys
+    assert len(checks) >= 30
+    by_asset = {}
+    for check in checks:
+        by_asset.setdefault(check.asset_key, []).append(check.name)
+    for key in graph.get_all_asset_keys():
+        if graph.get(key).is_materializable:
+            assert any(name.startswith("lake_exact_columns") for name in by_asset[key]), key
+    assert any(n.startswith("lake_row_filter") for n in by_asset[dg.AssetKey(["consumer", "finance", "payments"])])
+    assert any(n.startswith("lake_masked") for n in by_asset[dg.AssetKey(["consumer", "finance", "payments"])])
+
+
+def test_automation_sensor_runs_by_default_and_resource_needs_no_venv(defs):
+    (sensor,) = defs.sensors
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    resource = defs.resources["dbt"]
+    assert Path(resource.dbt_executable).is_absolute() and resource.dbt_executable == dbt_executable()
+    assert resource.target == "local"
+
+
+def test_a_source_change_refreshes_its_downstream_models(defs):
+    """Materializing source_aligned/travel/promotions requests aggregated/promotion_uptake and its
+    consumer dataset in the same tick (one run refreshes the chain), and nothing else: no manual click."""
+    (dbt_assets_def,) = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    stubs = source_stubs()
+    all_defs = dg.Definitions(assets=[*stubs, dbt_assets_def], resources=defs.resources)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor):
+        result = dg.evaluate_automation_conditions(defs=all_defs, instance=instance, cursor=cursor)
+        return result, {r.key for r in result.results if r.true_subset.size}
+
+    result, requested = tick(None)
+    assert requested == set()  # sources never loaded: nothing to build from
+    dg.materialize(stubs, instance=instance)
+    result, requested = tick(result.cursor)
+    assert requested == set(dbt_assets_def.keys)  # first load of the sources builds every layer
+    for key in requested:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+    result, requested = tick(result.cursor)
+    assert requested == set()
+
+    promotions = next(s for s in stubs if s.key.path[-1] == "promotions")
+    dg.materialize([promotions], instance=instance)
+    result, requested = tick(result.cursor)
+    assert requested == {
+        dg.AssetKey(["aggregated", "promotion_uptake"]),
+        dg.AssetKey(["consumer", "marketing", "promotion_uptake"]),
+    }
+
+
+def test_materialize_in_process_writes_iceberg_and_runs_checks(defs, tmp_path, monkeypatch):
+    home = tmp_path / "lake"
+    create_source_tables(home)
+    monkeypatch.setenv("LAKE_HOME", str(home))
+    (dbt_assets_def,) = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    selection = [dg.AssetKey(["aggregated", "promotion_uptake"]), dg.AssetKey(["consumer", "marketing", "promotion_uptake"])]
+    result = dg.materialize([dbt_assets_def], selection=selection, resources={"dbt": dbt_resource()}, raise_on_error=False)
+    assert result.success
+    assert {e.asset_key for e in result.get_asset_materialization_events()} == set(selection)
+    checks = result.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks)
+    assert {c.asset_key for c in checks} == set(selection)
+    table = lake_catalog(home).load_table("consumer_marketing.promotion_uptake")
+    assert table.scan().to_arrow().num_rows == 4
