@@ -1,4 +1,9 @@
-"""Source-aligned assets: one per registry table, built by a factory, each merging its pending files."""
+"""Source-aligned assets: one asset per registry table, one merge op per source.
+
+Each table is its own asset (own key, checks, metadata; materializable alone), but the tables of a
+source share one subsettable op: 3,000 tables make ~30 ops, so definitions load in seconds and every
+step process does not rebuild 3,000 op definitions. The op's pool serializes a source's merges, which
+also serializes each table's; one table's failure is reported after the others have merged."""
 
 
 import json
@@ -13,13 +18,14 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
+    AssetSpec,
+    multi_asset,
 )
 from pyiceberg.exceptions import NoSuchTableError
 
 from lake_assets.cdc.exactly_once import merge_pending
 from lake_assets.cdc.iceberg import committed_batches
-from lake_assets.naming import table_pool
+from lake_assets.naming import source_pool
 from lake_assets.registry import Registry, TableConfig
 from resources.lake import LakeResource, MergeEngineResource
 
@@ -41,14 +47,11 @@ def _check_specs(key: AssetKey, table: TableConfig) -> list[AssetCheckSpec]:
     ]
 
 
-def build_source_aligned_asset(table: TableConfig):
-    key = AssetKey(table.asset_key_path)
-
-    @asset(
-        key=key,
+def _spec(table: TableConfig) -> AssetSpec:
+    return AssetSpec(
+        key=AssetKey(table.asset_key_path),
         group_name=table.source,
         kinds={"iceberg", "spark" if table.engine == "spark" else "duckdb"},
-        pool=table_pool(table.source, table.name),
         description=table.description or f"{table.schema}.{table.source_table} of {table.source}, merged from CDC",
         owners=list(table.owners),
         tags={"lake/mode": table.mode, "lake/engine": table.engine},
@@ -59,10 +62,32 @@ def build_source_aligned_asset(table: TableConfig):
             "landing_prefix": table.landing_prefix,
             "registry_file": table.config_file,
         },
-        check_specs=_check_specs(key, table),
+        skippable=True,  # a table that fails yields nothing; the others still materialize
+    )
+
+
+def build_source_assets(source: str, tables: list[TableConfig]):
+    by_key = {AssetKey(t.asset_key_path): t for t in tables}
+
+    @multi_asset(
+        name=f"merge_{source}",
+        specs=[_spec(t) for t in tables],
+        check_specs=[c for t in tables for c in _check_specs(AssetKey(t.asset_key_path), t)],
+        can_subset=True,
+        pool=source_pool(source),
     )
     def _merge(context: AssetExecutionContext, lake: LakeResource, merge_engine: MergeEngineResource):
-        return merge_table(context, table, lake, merge_engine)
+        failures = []
+        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
+            table = by_key[key]
+            try:
+                yield merge_table(context, table, lake, merge_engine)
+            except Failure as e:
+                context.log.error(e.description)
+                failures.append(e.description)
+        if failures:
+            raise Failure(description=f"{len(failures)} of {len(context.selected_asset_keys)} tables failed; the others merged:\n"
+                          + "\n".join(failures))
 
     return _merge
 
@@ -112,10 +137,12 @@ def merge_table(context, table: TableConfig, lake: LakeResource, merge_engine: M
     if snapshot is not None:
         metadata["snapshot_id"] = MetadataValue.text(str(snapshot))
     metadata["batches"] = MetadataValue.int(len(results))
-    return MaterializeResult(metadata=metadata, check_results=run_checks(table, lake, totals))
+    return MaterializeResult(asset_key=AssetKey(table.asset_key_path), metadata=metadata,
+                             check_results=run_checks(table, lake, totals))
 
 
 def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -> list[AssetCheckResult]:
+    key = AssetKey(table.asset_key_path)
     try:
         tbl = lake.catalog.load_table(table.identifier)
     except NoSuchTableError:
@@ -128,10 +155,10 @@ def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -
         cols = ", ".join(f'"{k}"' for k in table.primary_key)
         dupes = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchone()[0]
         con.close()
-        results.append(AssetCheckResult(check_name=UNIQUE_KEYS, passed=dupes == 0,
+        results.append(AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=dupes == 0,
                                         metadata={"duplicate_keys": dupes, "rows": keys.num_rows}))
     else:
-        results.append(AssetCheckResult(check_name=UNIQUE_KEYS, passed=True, metadata={"note": "history mode or no table yet"}))
+        results.append(AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=True, metadata={"note": "history mode or no table yet"}))
 
     committed_files: set[str] = set()
     if tbl is not None:
@@ -142,13 +169,13 @@ def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -
     missing = sorted(ledger_committed - committed_files)
     stuck = lake.ledger.status_counts(table.identifier)["processing"]
     results.append(AssetCheckResult(
-        check_name=LEDGER_RECONCILED, passed=not missing and stuck == 0,
+        asset_key=key, check_name=LEDGER_RECONCILED, passed=not missing and stuck == 0,
         metadata={"committed_files": len(ledger_committed), "missing_from_snapshots": len(missing),
                   "stuck_processing": stuck, "examples": ", ".join(missing[:5]) or "-"},
     ))
     rate = totals["quarantined"] / totals["rows_read"] if totals["rows_read"] else 0.0
     results.append(AssetCheckResult(
-        check_name=QUARANTINE_RATE, passed=rate <= table.quarantine_max_rate, severity=AssetCheckSeverity.ERROR,
+        asset_key=key, check_name=QUARANTINE_RATE, passed=rate <= table.quarantine_max_rate, severity=AssetCheckSeverity.ERROR,
         metadata={"quarantined": totals["quarantined"], "rows_read": totals["rows_read"], "rate": float(rate),
                   "max_rate": table.quarantine_max_rate},
     ))
@@ -156,4 +183,4 @@ def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -
 
 
 def source_aligned_assets(registry: Registry) -> list:
-    return [build_source_aligned_asset(t) for t in registry.tables]
+    return [build_source_assets(source, tables) for source, tables in registry.by_source().items()]

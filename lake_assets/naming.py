@@ -39,6 +39,6 @@ def quarantine_identifier(source: str, table: str) -> str:
     return f"{source}.{table}{QUARANTINE_SUFFIX}"
 
 
-def table_pool(source: str, table: str) -> str:
-    """Concurrency pool that serializes merges of one table."""
-    return f"merge_{source}_{table}"
+def source_pool(source: str) -> str:
+    """Concurrency pool of a source's merge op: at most one merge of any of its tables at a time."""
+    return f"merge_{source}"

@@ -37,7 +37,7 @@ def test_asset_specs_follow_the_registry(tmp_path):
     node = graph.get(AssetKey(["source_aligned", "shop", "orders"]))
     assert node.group_name == "shop"
     assert "iceberg" in node.kinds
-    assert node.pools == {"merge_shop_orders"}
+    assert node.pools == {"merge_shop"}  # one merge op per source, serialized by its pool
     checks = {c.name for c in graph.get_check_keys_for_assets([node.key])} if hasattr(graph, "get_check_keys_for_assets") else None
     if checks is not None:
         assert checks == {"unique_primary_key", "ledger_reconciled", "quarantine_rate"}
