@@ -105,7 +105,7 @@ def merge_table(context, table: TableConfig, lake: LakeResource, merge_engine: M
     except Exception as e:  # noqa: BLE001 - any failure fails this table only; its files stay retryable
         raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e
     totals = {k: 0 for k in ("files", "rows_read", "inserted", "updated", "deleted", "appended", "stale_skipped",
-                             "tombstone_rejected", "quarantined", "files_rewritten")}
+                             "tombstone_rejected", "quarantined", "files_read", "files_rewritten")}
     failed: dict[str, str] = {}
     snapshot = None
     schema_changes: list[str] = []

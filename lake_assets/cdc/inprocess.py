@@ -61,7 +61,8 @@ class MergeResult:
     schema_changes: list[str] = field(default_factory=list)
     failed_files: dict[str, str] = field(default_factory=dict)
     files_rewritten: int = 0
-    files_scanned: int = 0
+    files_read: int = 0  # data files whose keys were read (after pruning)
+    files_in_table: int = 0
     seconds: float = 0.0
     already_committed: bool = False
     per_file: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -119,17 +120,40 @@ def _as_comparable(col: pa.ChunkedArray | pa.Array) -> list:
     return sorted(set(col.to_pylist()))
 
 
+def _partition_filter(tbl: Table, win: pa.Table, keys: tuple[str, ...]):
+    """Partition tuples the batch's keys live in, or None when partitions cannot prune.
+
+    Only sound when every partition source column is part of the primary key: then a key can never
+    move to another partition, so a file of any other partition cannot hold it.
+    """
+    spec = tbl.spec()
+    if spec.is_unpartitioned():
+        return None
+    schema = tbl.schema()
+    columns = []
+    for field in spec.fields:
+        source = schema.find_field(field.source_id)
+        if source.name not in keys:
+            return None
+        columns.append(field.transform.pyarrow_transform(source.field_type)(win.column(source.name).combine_chunks()).to_pylist())
+    return spec.spec_id, set(zip(*columns))
+
+
 def _candidate_tasks(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[list, int]:
-    """Scan tasks of data files whose key range may hold one of the batch's keys."""
+    """Scan tasks of data files that may hold one of the batch's keys: partition, then key-range pruning."""
     snap = tbl.current_snapshot()
     if snap is None or win.num_rows == 0:
         return [], 0
     schema = tbl.schema()
     first = schema.find_field(keys[0])
     wanted = _as_comparable(win.column(keys[0]))
+    partitions = _partition_filter(tbl, win, keys)
     tasks = list(tbl.scan().plan_files())
     out = []
     for task in tasks:
+        if partitions is not None and task.file.spec_id == partitions[0]:
+            if tuple(task.file.partition) not in partitions[1]:
+                continue
         lo_b = task.file.lower_bounds.get(first.field_id) if task.file.lower_bounds else None
         hi_b = task.file.upper_bounds.get(first.field_id) if task.file.upper_bounds else None
         if lo_b is None or hi_b is None:
@@ -227,14 +251,15 @@ class InProcessEngine:
 
         if result.reload:
             tasks = list(tbl.scan().plan_files()) if tbl.current_snapshot() else []
-            result.files_scanned = len(tasks)
+            result.files_in_table = len(tasks)
             empty = pa.table({**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
                               FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
             plan = plan_merge(empty, win, keys)
             touched_ix: list[int] = list(range(len(tasks)))
             kept_parts: list[pa.Table] = []
         else:
-            tasks, result.files_scanned = _candidate_tasks(tbl, win, keys)
+            tasks, result.files_in_table = _candidate_tasks(tbl, win, keys)
+            result.files_read = len(tasks)
             key_tables = _scan(tbl, tasks, list(keys) + [SEQ])
             existing = [
                 t.append_column(FILE_IX, pa.array([i] * t.num_rows, pa.int64())).append_column(

@@ -1,0 +1,57 @@
+"""The in-process engine reads and rewrites only the data files a batch can touch."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+from tests.lakehelpers import make_lake
+
+COLUMNS = [("region", "string"), ("id", "long"), ("val", "long")]
+SOURCE = """
+source: pr
+tables:
+  - name: facts
+    schema: app
+    primary_key: [{keys}]
+    partition_by: [{{column: region, transform: identity}}]
+    columns: [{{name: region, type: string}}, {{name: id, type: long}}, {{name: val, type: long}}]
+"""
+
+
+def _load(lake, regions: int, per: int):
+    rows = [{"region": f"r{r}", "id": r * 1000 + i, "val": 0} for r in range(regions) for i in range(per)]
+    write_dms_file(lake.landing / "pr" / "app" / "facts" / load_file_name(1), rows, COLUMNS, cdc=False)
+    lake.ingest()
+
+
+def test_key_range_pruning_scans_only_files_whose_range_holds_a_key(tmp_path):
+    lake = make_lake(tmp_path, {"pr": SOURCE.format(keys="id")})  # region not in the key: no partition pruning
+    _load(lake, regions=5, per=50)
+    assert len(list(lake.env.catalog.load_table("pr.facts").scan().plan_files())) == 5
+    write_dms_file(lake.landing / "pr" / "app" / "facts" / cdc_file_name(dt.datetime(2026, 11, 21, 10)),
+                   [{"Op": "U", "region": "r2", "id": 2007, "val": 1}], COLUMNS, cdc=True)
+    _, results = lake.ingest()
+    r = results["pr.facts"][0]
+    assert (r.files_in_table, r.files_read) == (5, 1)
+    assert (r.updated, r.files_rewritten) == (1, 1)
+    rows = {x["id"]: x["val"] for x in lake.rows("pr.facts")}
+    assert rows[2007] == 1 and sum(rows.values()) == 1 and len(rows) == 250
+
+
+def test_partition_pruning_when_partition_columns_are_in_the_key(tmp_path):
+    lake = make_lake(tmp_path, {"pr": SOURCE.format(keys="id, region")})  # ranges on id cannot prune
+    # the same ids in every region: key ranges overlap, only partitions can prune
+    rows = [{"region": f"r{r}", "id": i, "val": 0} for r in range(4) for i in range(30)]
+    write_dms_file(lake.landing / "pr" / "app" / "facts" / load_file_name(1), rows, COLUMNS, cdc=False)
+    lake.ingest()
+    write_dms_file(lake.landing / "pr" / "app" / "facts" / cdc_file_name(dt.datetime(2026, 11, 21, 10)),
+                   [{"Op": "D", "region": "r1", "id": 3, "val": 0}, {"Op": "I", "region": "r3", "id": 99, "val": 5}],
+                   COLUMNS, cdc=True)
+    _, results = lake.ingest()
+    r = results["pr.facts"][0]
+    # ids 3 and 99 fall in every file's id range; only the partitions (r1, r3) leave two files of four.
+    assert (r.files_in_table, r.files_read) == (4, 2)
+    assert (r.deleted, r.inserted, r.files_rewritten) == (1, 1, 1)
+    got = {(x["region"], x["id"]) for x in lake.rows("pr.facts")}
+    assert ("r1", 3) not in got and ("r3", 99) in got and len(got) == 120
