@@ -51,7 +51,7 @@ class FileLedger(Protocol):
     def seen_versions(self) -> dict[str, set[str]]: ...
     def claim(self, table_id: str, limit: int | None = None) -> tuple[str, list[LedgerEntry]]: ...
     def processing_batches(self, table_id: str) -> dict[str, list[LedgerEntry]]: ...
-    def finish_batch(self, batch_id: str, *, committed: dict[str, tuple[int, int]], failed: dict[str, str], snapshot_id: int | None) -> None: ...
+    def finish_batch(self, batch_id: str, *, committed: dict[str, tuple[int, int]], failed: dict[str, str], snapshot_id: int | None, set_aside: dict[str, str] | None = None) -> None: ...
     def retry_failed(self, table_id: str) -> int: ...
     def unrouted(self) -> list[LedgerEntry]: ...
     def route(self, entry_id: int, table_id: str) -> None: ...
@@ -178,6 +178,20 @@ class SqlFileLedger:
         batch_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         now = _now()
         with self._tx() as cur:
+            # A key landed again with new content: only its newest version is merged (ledger rows are
+            # finished by key, so two versions of one key must never share a batch).
+            cur.execute(
+                self._sql(
+                    "SELECT id, key FROM landed_files o WHERE table_id = ? AND status = ? "
+                    "AND EXISTS (SELECT 1 FROM landed_files n WHERE n.key = o.key AND n.id > o.id)"
+                ),
+                (table_id, LANDED),
+            )
+            for i, key in cur.fetchall():
+                cur.execute(
+                    self._sql("UPDATE landed_files SET status = ?, reason = ?, updated_at = ? WHERE id = ?"),
+                    (FAILED, f"{key}: superseded by a newer version landed under the same key; that version is merged instead", now, i),
+                )
             cur.execute(
                 self._sql("SELECT id FROM landed_files WHERE table_id = ? AND status = ? ORDER BY key, id"),
                 (table_id, LANDED),
@@ -209,20 +223,23 @@ class SqlFileLedger:
         return out
 
     def finish_batch(
-        self, batch_id: str, *, committed: dict[str, tuple[int, int]], failed: dict[str, str], snapshot_id: int | None
+        self, batch_id: str, *, committed: dict[str, tuple[int, int]], failed: dict[str, str], snapshot_id: int | None,
+        set_aside: dict[str, str] | None = None,
     ) -> None:
-        """committed: key -> (rows read, rows quarantined); a file whose every row was quarantined
-        ends as 'quarantined'. failed: key -> reason (stays retryable)."""
+        """committed: key -> (rows read, rows quarantined); failed: key -> reason (stays retryable);
+        set_aside: key -> why a committed file gave the table nothing (no rows, or every row
+        quarantined): such a file ends as 'quarantined' with that reason."""
         now = _now()
+        set_aside = set_aside or {}
         with self._tx() as cur:
             for key, (rows, quarantined) in committed.items():
-                status = QUARANTINED if rows and quarantined == rows else COMMITTED
+                status = QUARANTINED if key in set_aside or (rows and quarantined == rows) else COMMITTED
                 cur.execute(
                     self._sql(
-                        "UPDATE landed_files SET status = ?, rows_read = ?, quarantined_rows = ?, snapshot_id = ?, updated_at = ? "
+                        "UPDATE landed_files SET status = ?, reason = ?, rows_read = ?, quarantined_rows = ?, snapshot_id = ?, updated_at = ? "
                         "WHERE batch_id = ? AND key = ? AND status = ?"
                     ),
-                    (status, rows, quarantined, snapshot_id, now, batch_id, key, PROCESSING),
+                    (status, set_aside.get(key), rows, quarantined, snapshot_id, now, batch_id, key, PROCESSING),
                 )
             for key, reason in failed.items():
                 cur.execute(

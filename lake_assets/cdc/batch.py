@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake_assets.cdc.dms import OP, ROW, DmsFile, FileChanges, QuarantinedRow
+from lake_assets.cdc.iceberg import SchemaDriftError
 from lake_assets.registry import TableConfig
 
 SEQ = "_lake_seq"
@@ -72,6 +73,22 @@ def sequence_keys(changes: pa.Table, files: pa.Array, order_keys: dict[str, str]
     return pc.binary_join_element_wise(head, order, rows, "~")
 
 
+def _type_conflict(table: TableConfig, reads: list[FileChanges]) -> str:
+    seen: dict[str, tuple[pa.Field, str]] = {}
+    for r in reads:
+        for f in r.table.schema:
+            if f.name not in seen:
+                seen[f.name] = (f, r.file.key)
+                continue
+            first, key = seen[f.name]
+            try:
+                pa.unify_schemas([pa.schema([first]), pa.schema([f])], promote_options="permissive")
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                return (f"table {table.identifier}: column {f.name} is {first.type} in {key} but {f.type} in {r.file.key}; "
+                        "files of one batch must agree (only widenings are merged)")
+    return f"table {table.identifier}: the batch's files have incompatible column types"
+
+
 def build_batch(table: TableConfig, reads: list[FileChanges]) -> ChangeBatch:
     """Concatenate the files' changes and give every change its sequence."""
     parts = []
@@ -79,7 +96,10 @@ def build_batch(table: TableConfig, reads: list[FileChanges]) -> ChangeBatch:
         t = r.table
         parts.append(t.append_column(FILE, pa.array([r.file.key] * t.num_rows, pa.string())))
     if parts:
-        changes = pa.concat_tables(parts, promote_options="permissive")
+        try:
+            changes = pa.concat_tables(parts, promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            raise SchemaDriftError(_type_conflict(table, reads)) from None
     else:
         changes = pa.table({OP: pa.array([], pa.string()), ROW: pa.array([], pa.int64()), FILE: pa.array([], pa.string())})
     order_keys = {r.file.key: r.file.order_key for r in reads}

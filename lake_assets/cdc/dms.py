@@ -7,11 +7,13 @@ first column of CDC files. A U row carries the after-image and a D row the befor
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -149,11 +151,19 @@ def _column_name(where: str, name: str) -> str:
     return low
 
 
-def _csv_field_count(first_line: bytes, opts) -> int:
-    import csv
-
-    line = first_line.decode("utf-8", errors="replace")
-    return len(next(csv.reader([line], delimiter=opts.delimiter, quotechar=opts.quote)))
+def _csv_field_counts(data: bytes, opts, sample_rows: int = 1000) -> Counter:
+    """How many rows have how many fields, over the first rows: one bad row, even the first, decides nothing."""
+    text = data[: 1 << 20].decode("utf-8", errors="replace")
+    counts: Counter = Counter()
+    try:
+        for i, fields in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=opts.delimiter, quotechar=opts.quote)):
+            if i >= sample_rows:
+                break
+            if fields:
+                counts[len(fields)] += 1
+    except csv.Error:  # the sample cut a quoted value short: the rows counted so far decide
+        pass
+    return counts
 
 
 def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[pa.Table, list[QuarantinedRow]]:
@@ -167,10 +177,9 @@ def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[
         skip = 1
     else:
         declared = [c.name for c in table.columns or ()]
-        first = data.split(b"\n", 1)[0]
-        n = _csv_field_count(first, opts)
+        counts = _csv_field_counts(data, opts)
         # CDC files always start with Op; full-load files only when IncludeOpForFullLoad is set.
-        with_op = (not f.is_load) or n == len(declared) + 1
+        with_op = (not f.is_load) or counts[len(declared) + 1] > counts[len(declared)]
         names = ([OP] if with_op else []) + declared
         skip = 0
     bad: list[tuple[int, str, str]] = []

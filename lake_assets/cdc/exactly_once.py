@@ -22,6 +22,7 @@ from lake_assets.cdc.iceberg import SchemaDriftError, committed_batches
 from lake_assets.cdc.inprocess import MergeResult
 from lake_assets.landing import LandingZone
 from lake_assets.ledger import FileLedger, LedgerEntry
+from lake_assets.naming import quarantine_identifier
 from lake_assets.registry import TableConfig
 
 COMMIT_ATTEMPTS = 3
@@ -114,10 +115,24 @@ def _run_batch(table, batch_id, entries: list[LedgerEntry], catalog, ledger, lan
     failed.update(result.failed_files)
     result.failed_files = failed
     per_file = _per_file_counts(files, result)
+    set_aside = _set_aside(table, result)
     failpoint("before_ledger")
-    ledger.finish_batch(batch_id, committed=per_file, failed=failed, snapshot_id=result.snapshot_id)
+    ledger.finish_batch(batch_id, committed=per_file, failed=failed, snapshot_id=result.snapshot_id, set_aside=set_aside)
     failpoint("after_ledger")
     return result
+
+
+def _set_aside(table: TableConfig, result: MergeResult) -> dict[str, str]:
+    """Files the engine read that gave the table nothing, with the reason the ledger shows."""
+    out = {}
+    for key, (rows, quarantined) in (getattr(result, "per_file", None) or {}).items():
+        if key in result.failed_files:
+            continue
+        if rows == 0:
+            out[key] = f"{key}: file has no rows; nothing to merge"
+        elif quarantined == rows:
+            out[key] = f"{key}: all {rows} rows quarantined to {quarantine_identifier(table.source, table.name)}"
+    return out
 
 
 def _per_file_counts(files, result: MergeResult) -> dict[str, tuple[int, int]]:

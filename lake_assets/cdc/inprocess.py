@@ -212,7 +212,6 @@ class InProcessEngine:
             result.snapshot_id = int(done[batch_id]["snapshot-id"])
             return result
 
-        result.quarantined = write_quarantine(catalog, table, batch_id, batch.quarantined, now)
         load_max = current_load_max(tbl)
         loads = batch.load_numbers
         result.reload = bool(loads) and loads[0] <= load_max
@@ -220,6 +219,8 @@ class InProcessEngine:
 
         txn = tbl.transaction()
         result.schema_changes = evolve_schema(txn, table.identifier, schema, file_keys)
+        # Only now: a batch that fails on drift must not leave quarantined rows behind (its retry has a new batch id).
+        result.quarantined = write_quarantine(catalog, table, batch_id, batch.quarantined, now)
         target = txn.table_metadata.schema().as_arrow()
         to_delete: list = []
         if history:
