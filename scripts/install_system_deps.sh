@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # System packages the lake needs beyond pip: JDBC drivers for local Spark's Iceberg JDBC catalog
-# (SQLite locally, PostgreSQL in production). Idempotent; skips what is already there.
+# (SQLite locally, PostgreSQL in production) and a PostgreSQL server for the ledger tests.
+# Idempotent; skips what is already there.
 set -euo pipefail
 need=()
 [ -f /usr/share/java/sqlite-jdbc.jar ] || need+=(libxerial-sqlite-jdbc-java libxerial-sqlite-jdbc-jni)
 [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+# A real PostgreSQL server for the ledger tests (production keeps the ledger in PostgreSQL).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then
   echo "system deps: already installed"
   exit 0
