@@ -24,6 +24,8 @@ _SIMPLE = {
 
 
 def arrow_type(registry_type: str) -> pa.DataType:
+    """The Arrow type of a registry column type (the one mapping every reader and writer uses)."""
+    registry_type = registry_type.replace(" ", "").lower()
     if registry_type in _SIMPLE:
         return _SIMPLE[registry_type]
     m = _DECIMAL.match(registry_type)

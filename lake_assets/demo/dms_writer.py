@@ -18,7 +18,6 @@ from __future__ import annotations
 import decimal
 import gzip as gzip_module
 import io
-import re
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -27,24 +26,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lake_assets.cdc.types import arrow_type
+
 OP_COLUMN = "Op"
 OPS = ("I", "U", "D")
 # DMS S3 endpoint defaults for Parquet (ParquetSettings): RowGroupLength 10,000, CompressionType NONE.
 PARQUET_ROW_GROUP_ROWS = 10_000
 
-_DECIMAL = re.compile(r"^decimal\((\d+),(\d+)\)$")
-_SIMPLE_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int": pa.int32(),
-    "long": pa.int64(),
-    "float": pa.float32(),
-    "double": pa.float64(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-    "binary": pa.binary(),
-}
 _DECIMAL_CONTEXT = decimal.Context(prec=76)
 
 
@@ -67,17 +55,6 @@ def date_folder(ts: datetime) -> str:
 
 def table_dir(landing: Path, source: str, schema: str, table: str) -> Path:
     return Path(landing) / source / schema / table
-
-
-def arrow_type(column_type: str) -> pa.DataType:
-    """Arrow type DMS writes to Parquet for a registry column type."""
-    t = column_type.replace(" ", "").lower()
-    if t in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[t]
-    m = _DECIMAL.match(t)
-    if m:
-        return pa.decimal128(int(m.group(1)), int(m.group(2)))
-    raise ValueError(f"unknown column type {column_type!r}")
 
 
 def arrow_schema(columns: Sequence[tuple[str, str]], *, with_op: bool) -> pa.Schema:

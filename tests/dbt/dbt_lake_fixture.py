@@ -16,6 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
+
+from lake_assets.cdc.types import arrow_type
 from pyiceberg.catalog.sql import SqlCatalog
 
 from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
@@ -29,24 +31,6 @@ LAKE_COLUMNS = [
     ("_lake_op", pa.string()),
     ("_lake_ingested_at", pa.timestamp("us")),
 ]
-
-
-def arrow_type(t: str) -> pa.DataType:
-    if t.startswith("decimal("):
-        p, s = t[len("decimal("):-1].split(",")
-        return pa.decimal128(int(p), int(s))
-    return {
-        "string": pa.string(),
-        "int": pa.int32(),
-        "long": pa.int64(),
-        "float": pa.float32(),
-        "double": pa.float64(),
-        "boolean": pa.bool_(),
-        "date": pa.date32(),
-        "timestamp": pa.timestamp("us"),
-        "timestamptz": pa.timestamp("us", tz="UTC"),
-        "binary": pa.binary(),
-    }[t]
 
 
 def arrow_schema(table: TableConfig) -> pa.Schema:
