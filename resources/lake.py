@@ -41,7 +41,8 @@ class LakeResource(ConfigurableResource):
 
 
 class MergeEngineResource(ConfigurableResource):
-    """Picks the engine a table declares: in-process, or Spark (local spark-submit / EMR Serverless)."""
+    """Picks the engine a table declares: in-process, or Spark (local spark-submit or EMR Serverless,
+    configured by resources.spark.SparkMergeResource from the environment)."""
 
     def engine_for(self, table, context):
         if table.engine == "inprocess":

@@ -87,10 +87,18 @@ def committed_batches(tbl: Table) -> dict[str, dict[str, str]]:
 
 
 def current_load_max(tbl: Table) -> int:
+    """Highest full-load file number of the table's current load, from the newest lake commit.
+
+    Walks back past commits the lake did not make (compaction, maintenance), which carry no lake
+    properties; otherwise a later reload would be taken for a continuation and keep old rows.
+    """
     snap = tbl.current_snapshot()
-    if snap is None or snap.summary is None:
-        return -1
-    return int(snap.summary.additional_properties.get(LOAD_MAX, "-1"))
+    while snap is not None:
+        props = snap.summary.additional_properties if snap.summary else {}
+        if LOAD_MAX in props:
+            return int(props[LOAD_MAX])
+        snap = tbl.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    return -1
 
 
 def batch_summary(batch_id: str, files: list[str], load_max: int, counts: dict[str, int]) -> dict[str, str]:

@@ -27,7 +27,7 @@ from lake_assets.cdc.inprocess import MergeResult
 from lake_assets.registry import TableConfig
 from lake_assets.spark.conf import CatalogSettings, catalog_settings_of
 
-SPEC_VERSION = 1  # lake_assets.spark.merge_job.SPEC_VERSION: bump both together
+SPEC_VERSION = 1  # the job spec's layout; the job refuses a spec of another version
 
 Launcher = Callable[[dict], dict]
 """Runs a job spec and returns the job's result document: {"ok": true, "result": {...MergeResult}}
