@@ -101,13 +101,13 @@ def upsert(catalog, table, files, started: float) -> dict:
 
     from lake_assets.cdc.dms import OP
     from lake_assets.cdc.iceberg import conform
-    from lake_assets.cdc.inprocess import _lake_columns, read_batch
+    from lake_assets.cdc.inprocess import with_lake_columns, read_batch
     from lake_assets.cdc.semantics import winners
 
     batch, _ = read_batch(table, files)
     win = winners(batch.changes, table.primary_key)
     tbl = catalog.load_table(table.identifier)
-    rows = conform(_lake_columns(win, BATCH_ID, NOW), tbl.schema().as_arrow())
+    rows = conform(with_lake_columns(win, BATCH_ID, NOW), tbl.schema().as_arrow())
     is_delete = pc.equal(win.column(OP), "D")
     deleted = win.filter(is_delete).column("trip_id").to_pylist()
     prepared = time.perf_counter()

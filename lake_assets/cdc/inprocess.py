@@ -92,7 +92,8 @@ def read_batch(table: TableConfig, files: list[tuple[DmsFile, bytes]]) -> tuple[
     return build_batch(table, reads), failed
 
 
-def _lake_columns(win: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:
+def with_lake_columns(win: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:
+    """Changes as table rows of a current-mode table: data columns plus _lake_seq/_op/_batch_id/_ingested_at."""
     n = win.num_rows
     out = win.drop_columns([c for c in (OP, FILE, ROW) if c in win.column_names])
     out = out.append_column(LAKE_OP, win.column(OP))
@@ -100,15 +101,17 @@ def _lake_columns(win: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:
     return out.append_column(INGESTED_AT, pa.array([now] * n, TS))
 
 
-def _history_rows(changes: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:
-    out = _lake_columns(changes, batch_id, now)
+def history_rows(changes: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:
+    """Changes as rows of a history-mode table: every change, with its file and row."""
+    out = with_lake_columns(changes, batch_id, now)
     out = out.append_column("_lake_file", changes.column(FILE))
     return out.append_column(LAKE_ROW, changes.column(ROW))
 
 
-def _empty_with_lake_columns(batch: ChangeBatch, history: bool) -> pa.Schema:
+def table_schema_for(batch: ChangeBatch, history: bool) -> pa.Schema:
+    """The Arrow schema a batch's table has (both engines create and evolve tables from it)."""
     sample = batch.changes.slice(0, 0)
-    return (_history_rows(sample, "", dt.datetime.now(dt.UTC)) if history else _lake_columns(sample, "", dt.datetime.now(dt.UTC))).schema
+    return (history_rows(sample, "", dt.datetime.now(dt.UTC)) if history else with_lake_columns(sample, "", dt.datetime.now(dt.UTC))).schema
 
 
 def _as_comparable(col: pa.ChunkedArray | pa.Array) -> list:
@@ -202,7 +205,7 @@ class InProcessEngine:
         file_keys = [f.key for f in batch.files]
         result = MergeResult(table.identifier, batch_id, file_keys, rows_read=batch.rows_read)
         history = table.mode == "history"
-        schema = _empty_with_lake_columns(batch, history)
+        schema = table_schema_for(batch, history)
         tbl = load_or_create(
             catalog, table.identifier, schema, partition_by=table.partition_by, properties=table_properties(table)
         )
@@ -224,7 +227,7 @@ class InProcessEngine:
         target = txn.table_metadata.schema().as_arrow()
         to_delete: list = []
         if history:
-            rows = _history_rows(batch.changes, batch_id, now)
+            rows = history_rows(batch.changes, batch_id, now)
             result.appended = rows.num_rows
             new_rows = conform(rows, target)
         else:
@@ -294,6 +297,6 @@ class InProcessEngine:
             catalog, table, batch_id, old=tombstones, deleted=deleted, rewritten_keys=written.select(list(keys)),
             reload=result.reload, now=now,
         )
-        parts = [conform(p, target) for p in kept_parts] + [conform(_lake_columns(written, batch_id, now), target)]
+        parts = [conform(p, target) for p in kept_parts] + [conform(with_lake_columns(written, batch_id, now), target)]
         new_rows = pa.concat_tables(parts) if parts else target.empty_table()
         return new_rows, [tasks[i].file for i in touched_ix]

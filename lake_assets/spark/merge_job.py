@@ -56,9 +56,9 @@ from lake_assets.cdc.iceberg import (
 )
 from lake_assets.cdc.inprocess import (
     MergeResult,
-    _empty_with_lake_columns,
-    _history_rows,
-    _lake_columns,
+    table_schema_for,
+    history_rows,
+    with_lake_columns,
     read_batch,
 )
 from lake_assets.cdc.semantics import reject_tombstoned, winners
@@ -322,7 +322,7 @@ def apply_batch(
     ident = spark_identifier(table)
     result = MergeResult(table.identifier, batch_id, file_keys, rows_read=batch.rows_read)
     history = table.mode == "history"
-    schema = _empty_with_lake_columns(batch, history)
+    schema = table_schema_for(batch, history)
     tbl = load_or_create(catalog, table.identifier, schema, partition_by=table.partition_by, properties=table_properties(table))
     done = committed_batches(tbl)
     if batch_id in done:  # resumed after a crash that came after the commit
@@ -349,7 +349,7 @@ def apply_batch(
     work = Scratch(scratch, table, batch_id)
     try:
         if history:
-            rows = conform(_history_rows(batch.changes, batch_id, now), target)
+            rows = conform(history_rows(batch.changes, batch_id, now), target)
             result.appended = rows.num_rows
             action, data = ("append" if rows.num_rows else "none"), rows
         else:
@@ -377,7 +377,7 @@ def _plan_current(spark, catalog, batch: ChangeBatch, batch_id, now, result: Mer
     win = winners(batch.changes, keys)
     tombstones = load_tombstones(catalog, table)
     win, result.tombstone_rejected = reject_tombstoned(win, None if result.reload else tombstones, keys)
-    rows = conform(_lake_columns(win, batch_id, now), target)  # the winners in the table's columns
+    rows = conform(with_lake_columns(win, batch_id, now), target)  # the winners in the table's columns
 
     if result.reload:
         is_delete = pc.equal(win.column(OP), "D")
