@@ -3,7 +3,7 @@ schedules and the dbt layers, with resources picked once from LAKE_ENV."""
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor, multiprocess_executor
+from dagster import Definitions, multiprocess_executor
 
 from lake_assets.assets import source_aligned_assets
 from lake_assets.registry import load_registry
@@ -31,4 +31,4 @@ def build_definitions(registry=None, *, with_dbt: bool = True) -> Definitions:
 
 defs = build_definitions()
 
-__all__ = ["defs", "build_definitions", "in_process_executor"]
+__all__ = ["defs", "build_definitions"]

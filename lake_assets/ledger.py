@@ -58,6 +58,7 @@ class FileLedger(Protocol):
     def entries(self, table_id: str | None = None, status: str | None = None) -> list[LedgerEntry]: ...
     def status_counts(self, table_id: str) -> dict[str, int]: ...
     def tables_with_pending(self) -> dict[str, int]: ...
+    def stalled_batches(self, older_than: dt.timedelta) -> dict[str, str]: ...
 
 
 _SCHEMA = """
@@ -288,6 +289,18 @@ class SqlFileLedger:
             cur.execute(
                 self._sql("SELECT table_id, count(*) FROM landed_files WHERE status IN (?, ?) AND table_id IS NOT NULL GROUP BY table_id"),
                 (LANDED, PROCESSING),
+            )
+            return dict(cur.fetchall())
+
+
+    def stalled_batches(self, older_than: dt.timedelta) -> dict[str, str]:
+        """table id -> batch id of batches claimed longer ago than older_than and never finished
+        (the merging process died); the next merge of the table resumes them."""
+        cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat(timespec="milliseconds")
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("SELECT table_id, min(batch_id) FROM landed_files WHERE status = ? AND updated_at < ? GROUP BY table_id"),
+                (PROCESSING, cutoff),
             )
             return dict(cur.fetchall())
 

@@ -1,6 +1,7 @@
 """Sensors: the landing sensor records arrivals in the ledger and asks for merges of on-arrival tables."""
 
 
+import datetime as dt
 import json
 
 from dagster import (
@@ -20,6 +21,7 @@ from lake_assets.registry import Registry
 from resources.lake import LakeResource
 
 MAX_FILES_PER_TICK = 20_000  # sensors time out at 60 s; the rest is picked up next tick
+STALLED_AFTER = dt.timedelta(minutes=15)  # a claimed batch unfinished this long: its run died; resume it
 
 
 def build_landing_sensor(registry: Registry):
@@ -42,10 +44,20 @@ def build_landing_sensor(registry: Registry):
         cursor = json.loads(context.cursor) if context.cursor else {}
         last_ids = cursor.get("pending_marks", {})
         # A table is requested again only when new files arrived for it since its last request.
-        marks = {t: max(e.id for e in lake.ledger.entries(t, "landed")) if pending[t] else 0 for t in on_arrival}
+        marks = {t: max((e.id for e in lake.ledger.entries(t, "landed")), default=0) for t in on_arrival}
         fresh = [t for t in on_arrival if marks[t] and marks[t] != last_ids.get(t)]
+        # A run that died mid-merge leaves its batch claimed; request the table again, once per batch.
+        stalled = {t: b for t, b in lake.ledger.stalled_batches(STALLED_AFTER).items()
+                   if t in tables and tables[t].refresh == "on_arrival"}
+        resumed = cursor.get("resumed", {})
+        for t, batch in stalled.items():
+            if resumed.get(t) != batch and t not in fresh:
+                context.log.warning(f"{t}: batch {batch} was claimed over {STALLED_AFTER} ago and never finished; resuming it")
+                fresh.append(t)
+                marks[t] = marks.get(t) or f"resume-{batch}"
+        resumed |= stalled
         new_cursor = json.dumps({"pending_marks": {**last_ids, **marks}, "last_recorded": report.total,
-                                 "duplicates": report.duplicates})
+                                 "duplicates": report.duplicates, "resumed": resumed})
         context.log.info(
             f"landing {lake.landing.describe()}: {report.total} new files "
             f"({len(report.unroutable)} unroutable, {report.duplicates} identical re-deliveries ignored, "

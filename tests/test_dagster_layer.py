@@ -94,3 +94,27 @@ def test_one_table_failing_does_not_stop_the_others(tmp_path, monkeypatch):
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert checks[("source_aligned/shop/orders", "unique_primary_key")]
     assert checks[("source_aligned/shop/orders", "ledger_reconciled")]
+
+
+def test_sensor_resumes_a_batch_whose_run_died(tmp_path, monkeypatch):
+    import datetime as dt
+
+    import lake_assets.sensors as sensors
+
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path))
+    monkeypatch.setattr(sensors, "STALLED_AFTER", dt.timedelta(seconds=0))
+    lake = make_lake(tmp_path, {"shop": TWO_TABLES})
+    write_dms_file(lake.landing / "shop" / "app" / "orders" / load_file_name(1), [{"order_id": 1, "total": 9.5}],
+                   [("order_id", "long"), ("total", "double")], cdc=False)
+    sensor = build_landing_sensor(lake.registry)
+    with DagsterInstance.ephemeral() as instance:
+        first = sensor(build_sensor_context(instance=instance, resources={"lake": LakeResource()}))
+        assert len(first.run_requests) == 1
+        lake.env.ledger.claim("shop.orders")  # the requested run claimed the file, then died
+        second = sensor(build_sensor_context(instance=instance, cursor=first.cursor, resources={"lake": LakeResource()}))
+        assert [r.asset_selection for r in second.run_requests] == [[AssetKey(["source_aligned", "shop", "orders"])]]
+        third = sensor(build_sensor_context(instance=instance, cursor=second.cursor, resources={"lake": LakeResource()}))
+        assert not third.run_requests  # requested once per stalled batch
+    lake.ingest()  # the resumed run
+    assert [r["order_id"] for r in lake.rows("shop.orders")] == [1]
+    assert lake.env.ledger.status_counts("shop.orders")["processing"] == 0
