@@ -9,6 +9,7 @@ through Dagster (runs appear in the UI when DAGSTER_HOME is set). Exit code 1 if
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
 
     registry = load_registry()
     defs = build_definitions(registry, with_dbt=False)
-    instance = DagsterInstance.get() if __import__("os").environ.get("DAGSTER_HOME") else None
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed)
     r = out.arrivals
     print(f"{r.total} new files recorded ({len(r.unroutable)} unroutable, {r.duplicates} identical re-deliveries ignored)")

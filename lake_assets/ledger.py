@@ -59,6 +59,7 @@ class FileLedger(Protocol):
     def status_counts(self, table_id: str) -> dict[str, int]: ...
     def tables_with_pending(self) -> dict[str, int]: ...
     def stalled_batches(self, older_than: dt.timedelta) -> dict[str, str]: ...
+    def newest_landed(self) -> dict[str, int]: ...
 
 
 _SCHEMA = """
@@ -292,6 +293,15 @@ class SqlFileLedger:
             )
             return dict(cur.fetchall())
 
+
+    def newest_landed(self) -> dict[str, int]:
+        """table id -> id of its newest landed (not yet claimed) file: changes when new files arrive."""
+        with self._tx() as cur:
+            cur.execute(
+                self._sql("SELECT table_id, max(id) FROM landed_files WHERE status = ? AND table_id IS NOT NULL GROUP BY table_id"),
+                (LANDED,),
+            )
+            return dict(cur.fetchall())
 
     def stalled_batches(self, older_than: dt.timedelta) -> dict[str, str]:
         """table id -> batch id of batches claimed longer ago than older_than and never finished

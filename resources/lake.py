@@ -35,10 +35,6 @@ class LakeResource(ConfigurableResource):
     def ledger(self) -> FileLedger:
         return self._env.ledger
 
-    @property
-    def env_name(self) -> str:
-        return self._env.name
-
 
 class MergeEngineResource(ConfigurableResource):
     """Picks the engine a table declares: in-process, or Spark (local spark-submit or EMR Serverless,

@@ -21,16 +21,14 @@ import pyarrow as pa
 from dbt.adapters.duckdb.plugins import BasePlugin
 from dbt.adapters.duckdb.utils import TargetConfig
 from pyiceberg.catalog import Catalog
-from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 
-CATALOG_NAME = "lake"
 # dbt_project/plugins/lake_iceberg.py -> repository root
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from lake_assets.environment import CATALOG_NAME, REPO_ROOT, local_catalog  # noqa: E402  one definition of the lake
 EXTENSIONS = ("avro", "iceberg")
 COMMIT_ATTEMPTS = 3
 TRANSFORMS = {
@@ -57,9 +55,8 @@ def resolve_lake_home(configured: str | None = None) -> Path:
     return path.resolve()
 
 
-def lake_catalog(home: Path) -> SqlCatalog:
-    home.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(CATALOG_NAME, uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+def lake_catalog(home: Path) -> Catalog:
+    return local_catalog(home)
 
 
 def load_iceberg_extension(conn: duckdb.DuckDBPyConnection, extension_dir: Path) -> None:

@@ -39,10 +39,6 @@ class ChangeBatch:
     def load_numbers(self) -> list[int]:
         return sorted(f.load_number for f in self.files if f.is_load)
 
-    @property
-    def data_columns(self) -> list[str]:
-        return [c for c in self.changes.column_names if c not in (OP, SEQ, FILE, ROW)]
-
 
 def _encode_sequence(values: pa.Array, column: str) -> pa.Array:
     t = values.type

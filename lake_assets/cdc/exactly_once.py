@@ -125,7 +125,7 @@ def _run_batch(table, batch_id, entries: list[LedgerEntry], catalog, ledger, lan
 def _set_aside(table: TableConfig, result: MergeResult) -> dict[str, str]:
     """Files the engine read that gave the table nothing, with the reason the ledger shows."""
     out = {}
-    for key, (rows, quarantined) in (getattr(result, "per_file", None) or {}).items():
+    for key, (rows, quarantined) in result.per_file.items():
         if key in result.failed_files:
             continue
         if rows == 0:
@@ -136,5 +136,4 @@ def _set_aside(table: TableConfig, result: MergeResult) -> dict[str, str]:
 
 
 def _per_file_counts(files, result: MergeResult) -> dict[str, tuple[int, int]]:
-    counts = getattr(result, "per_file", None) or {}
-    return {f.key: counts.get(f.key, (0, 0)) for f, _ in files if f.key not in result.failed_files}
+    return {f.key: result.per_file.get(f.key, (0, 0)) for f, _ in files if f.key not in result.failed_files}

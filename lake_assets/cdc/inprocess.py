@@ -169,6 +169,12 @@ def _candidate_tasks(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[
     return out, len(tasks)
 
 
+def _no_existing_rows(win: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """The key table plan_merge compares winners with, for a table that holds none of their keys."""
+    return pa.table({**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
+                     FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
+
+
 def _scan(tbl: Table, tasks: list, columns: list[str] | None = None) -> list[pa.Table]:
     schema = tbl.schema() if columns is None else tbl.schema().select(*columns)
     scan = ArrowScan(tbl.metadata, tbl.io, schema, AlwaysTrue())
@@ -256,9 +262,7 @@ class InProcessEngine:
         if result.reload:
             tasks = list(tbl.scan().plan_files()) if tbl.current_snapshot() else []
             result.files_in_table = len(tasks)
-            empty = pa.table({**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
-                              FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
-            plan = plan_merge(empty, win, keys)
+            plan = plan_merge(_no_existing_rows(win, keys), win, keys)
             touched_ix: list[int] = list(range(len(tasks)))
             kept_parts: list[pa.Table] = []
         else:
@@ -274,8 +278,7 @@ class InProcessEngine:
             if existing:
                 existing_all = pa.concat_tables(existing)
             else:
-                existing_all = pa.table({**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
-                                         FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
+                existing_all = _no_existing_rows(win, keys)
             existing_all = existing_all.select(list(keys) + [SEQ, FILE_IX, POS])
             plan = plan_merge(existing_all, win, keys)
             removed = plan.removed

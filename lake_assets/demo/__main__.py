@@ -77,7 +77,6 @@ def main(argv=None) -> int:
     env = local_environment(home)
     registry = load_registry()
     defs = build_definitions(registry, with_dbt=not args.skip_dbt)
-    core = build_definitions(registry, with_dbt=False)
     ok = True
     instance = DagsterInstance.get()
     assets = list(defs.assets)
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
     source = generate_travel(home / "demo_source", cdc_rounds=args.rounds)
     for i, rnd in enumerate(source.rounds):
         source.deliver(i, home / "landing")
-        out = ingest(env, core, registry, instance)
+        out = ingest(env, defs, registry, instance)
         _say(f"\nround {i} ({rnd.name}): {len(rnd.files)} files landed, {out.arrivals.total} recorded in the ledger, "
              f"{len(out.metadata)} tables merged")
         for key, md in sorted(out.metadata.items()):

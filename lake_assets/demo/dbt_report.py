@@ -1,51 +1,20 @@
-"""Demo helpers for the dbt layers: build them with dbt against a LAKE_HOME, and print a sample of
-every consumer dataset the governance policy declares, read back from the Iceberg catalog."""
+"""Demo helper for the dbt layers: print a sample of every consumer dataset the governance policy
+declares, read back from the Iceberg catalog."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
 
 from lake_assets import governance
-from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
+from lake_assets.environment import local_catalog
+from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
 MAX_WIDTH = 22
-
-
-def _catalog(lake_home: Path) -> SqlCatalog:
-    return SqlCatalog("lake", uri=f"sqlite:///{lake_home}/catalog.db", warehouse=f"file://{lake_home}/warehouse")
-
-
-def build_dbt_layers(lake_home: str | Path, select: str | None = None, out: TextIO = sys.stdout) -> None:
-    """`dbt build --target local` (models and their tests) against `lake_home`; raises on failure."""
-    args = [dbt_executable(), "build", "--target", "local"] + (["--select", select] if select else [])
-    env = {**os.environ, "LAKE_HOME": str(Path(lake_home).resolve()), "LAKE_ENV": "local"}
-    result = subprocess.run(args, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True)
-    summary = [line for line in result.stdout.splitlines() if "Done." in line or "ERROR" in line or "FAIL" in line]
-    for line in summary[-12:]:
-        print(line.strip(), file=out)
-    if result.returncode != 0:
-        raise RuntimeError(f"dbt build failed (exit {result.returncode}):\n{result.stdout[-4000:]}{result.stderr[-2000:]}")
-
-
-def _cell(value) -> str:
-    text = "null" if value is None else str(value)
-    return text if len(text) <= MAX_WIDTH else text[: MAX_WIDTH - 1] + "…"
-
-
-def _print_table(rows: list[dict], columns: list[str], out: TextIO) -> None:
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
-    print("  " + "  ".join("-" * w for w in widths), file=out)
-    for row in cells:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
 
 
 def print_consumer_samples(lake_home: str | Path, limit: int = 5, out: TextIO = sys.stdout) -> int:
@@ -55,7 +24,7 @@ def print_consumer_samples(lake_home: str | Path, limit: int = 5, out: TextIO = 
     if not (lake_home / "catalog.db").exists():
         print(f"no Iceberg catalog at {lake_home}/catalog.db: consumer datasets not built yet", file=out)
         return 0
-    catalog = _catalog(lake_home)
+    catalog = local_catalog(lake_home)
     found = 0
     for cname, consumer in policy.consumers.items():
         print(f"\n== consumer {cname} (namespace {governance.consumer_namespace(cname)}) ==", file=out)
