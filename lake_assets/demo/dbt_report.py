@@ -17,6 +17,20 @@ from lake_assets.dbt_assets import DBT_PROJECT_DIR
 MAX_WIDTH = 22
 
 
+def _cell(value) -> str:
+    text = "null" if value is None else str(value)
+    return text if len(text) <= MAX_WIDTH else text[: MAX_WIDTH - 1] + "…"
+
+
+def _print_table(rows: list[dict], columns: list[str], out: TextIO) -> None:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
+    print("  " + "  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
+
+
 def print_consumer_samples(lake_home: str | Path, limit: int = 5, out: TextIO = sys.stdout) -> int:
     """Print the first `limit` rows of each consumer dataset; return the number of datasets found."""
     lake_home = Path(lake_home)
