@@ -107,9 +107,13 @@ def main(argv=None) -> int:
         _say(f"  {len(result.get_asset_materialization_events())} dbt models materialized"
              + ("" if result.success else " (with failures; see the Dagster UI)"))
         ok &= result.success
-        from lake_assets.demo.dbt_report import print_consumer_samples
+        from lake_assets.demo.dbt_report import empty_consumer_datasets, print_consumer_samples
 
         print_consumer_samples(home)
+        empty = empty_consumer_datasets(home)
+        if empty:
+            ok = False
+            _say(f"\nconsumer datasets with no rows (does the policy's row filter match the data?): {', '.join(empty)}")
 
     _say(f"\ndone in {time.perf_counter() - started:.1f}s. Browse it: make ui  (http://127.0.0.1:3000)")
     return 0 if ok else 1

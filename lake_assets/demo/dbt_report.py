@@ -67,6 +67,24 @@ def print_consumer_samples(lake_home: str | Path, limit: int = 5, out: TextIO = 
     return found
 
 
+def empty_consumer_datasets(lake_home: str | Path) -> list[str]:
+    """Consumer datasets that were built but hold no rows: a policy whose filter matches nothing in the
+    data (a wrong region code, say) leaks nothing but serves nothing either. Row counts come from the
+    snapshot summary, without a scan."""
+    catalog = local_catalog(Path(lake_home))
+    empty = []
+    for cname, consumer in governance.load_policy().consumers.items():
+        for dname in consumer.datasets:
+            identifier = f"{governance.consumer_namespace(cname)}.{dname}"
+            try:
+                snap = catalog.load_table(identifier).current_snapshot()
+            except NoSuchTableError:
+                continue
+            if snap is None or int((snap.summary.additional_properties if snap.summary else {}).get("total-records", "0")) == 0:
+                empty.append(identifier)
+    return empty
+
+
 if __name__ == "__main__":
     home = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("LAKE_HOME") or DBT_PROJECT_DIR.parent / ".lake")
     print_consumer_samples(home)

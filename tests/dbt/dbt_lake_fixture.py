@@ -2,7 +2,7 @@
 
 The schemas come from the table registry (lake_assets/sources/travel.yaml) plus the merge's lake
 columns; the rows are small but realistic: PII of every shape (apostrophes, accents, short and
-missing values), customers who opted out, payments outside the EU, US customers, cancelled
+missing values), customers who opted out, payments outside EMEA, US customers, cancelled
 bookings, refunds, a promotion nobody used and a hotel without bookings. `run_dbt` runs dbt
 from the project directory the way the README's workflow and Dagster do.
 """
@@ -65,18 +65,18 @@ CUSTOMERS = [
 ]
 
 HOTELS = [
-    (101, "Hotel Spree", "Berlin", "DE", "EU", 4, 120),
-    (102, "Le Petit Louvre", "Paris", "FR", "EU", 3, 45),
-    (103, "Casa Alfama", "Lisbon", "PT", "EU", 4, 60),
+    (101, "Hotel Spree", "Berlin", "DE", "EMEA", 4, 120),
+    (102, "Le Petit Louvre", "Paris", "FR", "EMEA", 3, 45),
+    (103, "Casa Alfama", "Lisbon", "PT", "EMEA", 4, 60),
     (104, "The Thames View", "London", "GB", "UK", 5, 200),
     (105, "Midtown Suites", "New York", "US", "US", 4, 310),
     (106, "Ocean Drive Inn", "Miami", "US", "US", 3, 80),
-    (107, "Alpenblick", "Innsbruck", "AT", "EU", 4, 35),  # no bookings yet
+    (107, "Alpenblick", "Innsbruck", "AT", "EMEA", 4, 35),  # no bookings yet
 ]
-HOTEL_CURRENCY = {"EU": "EUR", "UK": "GBP", "US": "USD"}
+HOTEL_CURRENCY = {"EMEA": "EUR", "UK": "GBP", "US": "USD"}
 
 PROMOTIONS = [
-    (201, "WINTER10", "10.00", "EU", "2025-12-01", "2025-12-31"),
+    (201, "WINTER10", "10.00", "EMEA", "2025-12-01", "2025-12-31"),
     (202, "NEWYEAR25", "25.00", "ALL", "2025-12-26", "2026-01-05"),
     (203, "LONDON15", "15.00", "UK", "2025-12-01", "2026-01-31"),
     (204, "JULY4", "20.00", "US", "2026-07-01", "2026-07-04"),  # never used
@@ -104,22 +104,22 @@ BOOKINGS = [
 
 PAYMENTS = [
     # id, booking, amount, method, card, region, status, paid_at
-    (3001, 1001, "360.00", "card", "4111111111111111", "EU", "captured", "2025-12-01 10:05:00"),
-    (3002, 1002, "216.00", "card", "5555555555554444", "EU", "captured", "2025-12-05 12:31:10"),
-    (3003, 1003, "130.00", "card", "4000056655665556", "EU", "captured", "2025-12-05 18:02:00"),
-    (3004, 1003, "130.00", "card", "4000056655665556", "EU", "refunded", "2025-12-07 09:00:00"),
-    (3005, 1004, "450.00", "card", "378282246310005", "EU", "captured", "2025-12-10 09:50:00"),
+    (3001, 1001, "360.00", "card", "4111111111111111", "EMEA", "captured", "2025-12-01 10:05:00"),
+    (3002, 1002, "216.00", "card", "5555555555554444", "EMEA", "captured", "2025-12-05 12:31:10"),
+    (3003, 1003, "130.00", "card", "4000056655665556", "EMEA", "captured", "2025-12-05 18:02:00"),
+    (3004, 1003, "130.00", "card", "4000056655665556", "EMEA", "refunded", "2025-12-07 09:00:00"),
+    (3005, 1004, "450.00", "card", "378282246310005", "EMEA", "captured", "2025-12-10 09:50:00"),
     (3006, 1005, "510.00", "card", "6011111111111117", "UK", "captured", "2025-12-10 10:16:00"),
     (3007, 1006, "1160.00", "card", "4242424242424242", "US", "captured", "2025-12-12 23:05:00"),
     (3008, 1007, "405.00", "card", "5105105105105100", "US", "failed", "2025-12-27 14:01:00"),
-    (3009, 1008, "165.00", "bank_transfer", None, "EU", "captured", "2025-12-29 10:00:00"),
+    (3009, 1008, "165.00", "bank_transfer", None, "EMEA", "captured", "2025-12-29 10:00:00"),
     (3010, 1009, "280.00", "card", "4000002500003155", "UK", "refunded", "2025-12-30 08:00:00"),
     (3011, 1010, "714.00", "card", "4000002760003184", "UK", "captured", "2026-01-02 09:01:00"),
     (3012, 1011, "1050.00", "card", "4000000000003220", "US", "captured", "2026-01-03 15:31:00"),
-    (3013, 1012, "165.00", "card", "4000000000009995", "EU", "captured", "2026-01-03 16:02:00"),
-    (3014, 1013, "480.00", "card", "4000000000000077", "EU", "captured", "2026-01-04 11:03:00"),
-    (3015, 1015, "95.00", "card", "4000 0000 0000 0002", "EU", "captured", "2026-01-04 12:01:00"),
-    (3016, 1016, "108.00", "card", "36227206271667", "EU", "captured", "2025-12-20 07:02:00"),
+    (3013, 1012, "165.00", "card", "4000000000009995", "EMEA", "captured", "2026-01-03 16:02:00"),
+    (3014, 1013, "480.00", "card", "4000000000000077", "EMEA", "captured", "2026-01-04 11:03:00"),
+    (3015, 1015, "95.00", "card", "4000 0000 0000 0002", "EMEA", "captured", "2026-01-04 12:01:00"),
+    (3016, 1016, "108.00", "card", "36227206271667", "EMEA", "captured", "2025-12-20 07:02:00"),
 ]
 
 STATUS_HISTORY = [

@@ -133,7 +133,7 @@ def test_no_raw_pii_value_in_any_consumer_dataset(built_lake):
 
 def test_demo_rules_hold(built_lake):
     """The issue's examples, spelled out on the fixture: marketing sees only opted-in customers,
-    hashed email and no phone; finance sees EU payments with only the last 4 card digits."""
+    hashed email and no phone; finance sees EMEA payments with only the last 4 card digits."""
     opted_out = {c["customer_id"] for c in built_lake.source_rows["customers"] if not c["marketing_opt_in"]}
     marketing = built_lake.rows("consumer_marketing.customers")
     assert opted_out and not opted_out & {r["customer_id"] for r in marketing}
@@ -145,9 +145,9 @@ def test_demo_rules_hold(built_lake):
 
     finance = built_lake.rows("consumer_finance.payments")
     source_payments = {p["payment_id"]: p for p in built_lake.source_rows["payments"]}
-    assert {r["payment_id"] for r in finance} == {i for i, p in source_payments.items() if p["region"] == "EU"}
+    assert {r["payment_id"] for r in finance} == {i for i, p in source_payments.items() if p["region"] == "EMEA"}
     for r in finance:
         card = source_payments[r["payment_id"]]["card_number"]
         assert r["card_number"] == (None if card is None else "*" * (len(card) - 4) + card[-4:])
-    assert {r["region"] for r in built_lake.rows("consumer_finance.hotel_revenue")} == {"EU"}
+    assert {r["region"] for r in built_lake.rows("consumer_finance.hotel_revenue")} == {"EMEA"}
     assert "US" not in {r["country"] for r in built_lake.rows("consumer_data_science.customers")}

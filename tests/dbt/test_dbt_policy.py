@@ -26,7 +26,7 @@ def test_demo_policy_has_two_consumers_and_every_mask():
     marketing = policy.consumers["marketing"].datasets["customers"]
     assert "phone" not in marketing.columns and marketing.columns["email"].mask == "hash"
     assert governance.row_filter_sql(marketing) == "marketing_opt_in = true"
-    assert governance.row_filter_sql(policy.consumers["finance"].datasets["payments"]) == "region = 'EU'"
+    assert governance.row_filter_sql(policy.consumers["finance"].datasets["payments"]) == "region = 'EMEA'"
 
 
 @pytest.fixture

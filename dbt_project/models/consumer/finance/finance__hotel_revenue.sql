@@ -21,7 +21,7 @@
             "enabled": true,
             "filters": {
                 "finance_hotel_revenue_rows": {
-                    "row_filter": "region = 'EU'",
+                    "row_filter": "region = 'EMEA'",
                     "principals": [lake_principal("arn:aws:iam::{aws_account_id}:role/lake-consumer-finance")],
                 },
             },
@@ -43,4 +43,4 @@ select
     net_revenue_eur,
     average_daily_rate
 from {{ ref('daily_hotel_bookings') }}
-where region = 'EU'
+where region = 'EMEA'

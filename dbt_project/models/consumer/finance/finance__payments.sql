@@ -22,7 +22,7 @@
             "enabled": true,
             "filters": {
                 "finance_payments_rows": {
-                    "row_filter": "region = 'EU'",
+                    "row_filter": "region = 'EMEA'",
                     "principals": [lake_principal("arn:aws:iam::{aws_account_id}:role/lake-consumer-finance")],
                 },
             },
@@ -44,4 +44,4 @@ select
     paid_date,
     booking_status
 from {{ ref('payment_transactions') }}
-where region = 'EU'
+where region = 'EMEA'
