@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 
 ## One command: install, then run the demo source through every layer on the local lake.
 demo: setup
-	$(PY) -m lake_assets.demo --reset
+	$(PY) -m demo --reset
 
 ## One command: install, then run every test.
 test: setup

@@ -40,7 +40,7 @@ def taxi_table(source: str):
     """The registry entry of bench/sources/taxi.yaml, under another source name (one copy per engine)."""
     import dataclasses
 
-    from lake_assets.registry import load_source_file
+    from lake_assets.core.registry import load_source_file
 
     [t] = load_source_file(REPO / "bench" / "sources" / "taxi.yaml")
     return dataclasses.replace(t, source=source)
@@ -54,7 +54,7 @@ def catalog_for(home: Path):
 
 
 def landed_files(landing: Path, table, cdc: bool) -> list:
-    from lake_assets.cdc.dms import parse_landing_key
+    from lake_assets.core.cdc.dms import parse_landing_key
 
     folder = landing / table.landing_prefix
     out = []
@@ -74,12 +74,12 @@ def work(engine: str, home: Path, source: str) -> dict:
     files = landed_files(home / "landing", table, cdc=True)
     started = time.perf_counter()
     if engine == "inprocess":
-        from lake_assets.cdc.inprocess import InProcessEngine
+        from lake_assets.core.cdc.engines.inprocess import InProcessEngine
 
         r = InProcessEngine().merge(catalog, table, files, BATCH_ID, now=NOW)
         return {"merge": time.perf_counter() - started, "counts": [r.inserted, r.updated, r.deleted]}
     if engine == "spark":
-        from lake_assets.cdc.spark_engine import SparkEngine
+        from lake_assets.core.cdc.engines.spark import SparkEngine
         from resources.spark import LocalSpark, plain_launcher
 
         local = LocalSpark(workdir=home / "spark-jobs", master="local[*]", driver_memory=os.environ.get("BENCH_SPARK_MEMORY", "4g"))
@@ -99,10 +99,10 @@ def upsert(catalog, table, files, started: float) -> dict:
     import pyarrow.compute as pc
     from pyiceberg.expressions import In
 
-    from lake_assets.cdc.dms import OP
-    from lake_assets.cdc.iceberg import conform
-    from lake_assets.cdc.inprocess import with_lake_columns, read_batch
-    from lake_assets.cdc.semantics import winners
+    from lake_assets.core.cdc.dms import OP
+    from lake_assets.core.cdc.iceberg import conform
+    from lake_assets.core.cdc.engines.inprocess import with_lake_columns, read_batch
+    from lake_assets.core.cdc.semantics import winners
 
     batch, _ = read_batch(table, files)
     win = winners(batch.changes, table.primary_key)
@@ -168,8 +168,8 @@ def run_worker(engine: str, home: Path, source: str) -> dict:
 
 def prepare(home: Path, rows: int, engines: list[str], fraction: float) -> dict[str, str]:
     """One landing copy per engine (same bytes), each loaded by the in-process engine."""
-    from lake_assets.cdc.inprocess import InProcessEngine
-    from lake_assets.demo.taxi import write_taxi_changes, write_taxi_full_load
+    from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+    from bench.taxi import write_taxi_changes, write_taxi_full_load
 
     landing = home / "landing"
     generated = home / "generated"
@@ -210,7 +210,7 @@ def mib(n: int) -> str:
 
 
 def run_case(rows: int, engines: list[str], fraction: float, keep: bool) -> dict:
-    from lake_assets.demo.taxi import TAXI_COLUMNS, expected_taxi_table
+    from bench.taxi import TAXI_COLUMNS, expected_taxi_table
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-merge-{rows}-"))
     print(f"\n== {rows:,} rows, {fraction:.0%} changes ({home})", flush=True)

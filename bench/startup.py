@@ -21,7 +21,7 @@ LOAD_DEFS = """
 import time, sys
 t = time.perf_counter()
 from lake_assets.definitions import build_definitions
-from lake_assets.registry import load_registry
+from lake_assets.core.registry import load_registry
 r = load_registry()
 d = build_definitions(r, with_dbt=False)
 n = len(list(d.resolve_asset_graph().get_all_asset_keys()))
@@ -59,9 +59,9 @@ def load_time(sources_dir: Path | None) -> tuple[int, float, float]:
 def sensor_tick(files: int) -> tuple[float, float, int]:
     from dagster import DagsterInstance, build_sensor_context
 
-    from lake_assets.demo.dms_writer import cdc_file_name, write_raw
-    from lake_assets.environment import local_environment
-    from lake_assets.registry import load_registry
+    from demo.dms_writer import cdc_file_name, write_raw
+    from lake_assets.core.deployment import local_environment
+    from lake_assets.core.registry import load_registry
     from lake_assets.sensors import build_landing_sensor
     from resources.lake import LakeResource
     import datetime as dt

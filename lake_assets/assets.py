@@ -23,10 +23,10 @@ from dagster import (
 )
 from pyiceberg.exceptions import NoSuchTableError
 
-from lake_assets.cdc.exactly_once import merge_pending
-from lake_assets.cdc.iceberg import committed_batches
-from lake_assets.naming import source_pool
-from lake_assets.registry import Registry, TableConfig
+from lake_assets.core.cdc.runner import merge_pending
+from lake_assets.core.cdc.iceberg import committed_batches
+from lake_assets.core.naming import source_pool
+from lake_assets.core.registry import Registry, TableConfig
 from resources.lake import LakeResource, MergeEngineResource
 
 UNIQUE_KEYS = "unique_primary_key"

@@ -28,8 +28,8 @@ from dagster import (
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 from filelock import FileLock
 
-from lake_assets import governance
-from lake_assets.naming import source_aligned_key
+from lake_assets.core import governance
+from lake_assets.core.naming import source_aligned_key
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 DBT_TARGETS = {"local": "local", "aws": "athena"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dagster import Definitions, multiprocess_executor
 
 from lake_assets.assets import source_aligned_assets
-from lake_assets.registry import load_registry
+from lake_assets.core.registry import load_registry
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor
 from resources.lake import LakeResource, MergeEngineResource

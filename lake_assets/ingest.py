@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from dagster import AssetKey, DagsterInstance, materialize
 
-from lake_assets.arrivals import ArrivalReport, record_arrivals
+from lake_assets.core.arrivals import ArrivalReport, record_arrivals
 from lake_assets.assets import RETRY_FAILED_TAG
-from lake_assets.environment import LakeEnvironment, environment_from_env
+from lake_assets.core.deployment import LakeEnvironment, environment_from_env
 
 
 @dataclass
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--retry-failed", action="store_true", help="retry files that failed before")
     args = p.parse_args(argv)
     from lake_assets.definitions import build_definitions
-    from lake_assets.registry import load_registry
+    from lake_assets.core.registry import load_registry
 
     registry = load_registry()
     defs = build_definitions(registry, with_dbt=False)

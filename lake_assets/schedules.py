@@ -5,8 +5,8 @@ import re
 
 from dagster import AssetKey, AssetSelection, DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from lake_assets.environment import lake_env
-from lake_assets.registry import Registry
+from lake_assets.core.deployment import lake_env
+from lake_assets.core.registry import Registry
 from resources.lake import LakeResource
 
 

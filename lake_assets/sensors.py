@@ -15,9 +15,9 @@ from dagster import (
     sensor,
 )
 
-from lake_assets.arrivals import record_arrivals
-from lake_assets.environment import lake_env
-from lake_assets.registry import Registry
+from lake_assets.core.arrivals import record_arrivals
+from lake_assets.core.deployment import lake_env
+from lake_assets.core.registry import Registry
 from resources.lake import LakeResource
 
 MAX_FILES_PER_TICK = 20_000  # sensors time out at 60 s; the rest is picked up next tick

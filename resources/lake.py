@@ -11,9 +11,9 @@ from functools import cached_property
 from dagster import ConfigurableResource
 from pyiceberg.catalog import Catalog
 
-from lake_assets.environment import LakeEnvironment, environment_from_env
-from lake_assets.landing import LandingZone
-from lake_assets.ledger import FileLedger
+from lake_assets.core.deployment import LakeEnvironment, environment_from_env
+from lake_assets.core.landing import LandingZone
+from lake_assets.core.ledger import FileLedger
 
 
 class LakeResource(ConfigurableResource):
@@ -42,7 +42,7 @@ class MergeEngineResource(ConfigurableResource):
 
     def engine_for(self, table, context):
         if table.engine == "inprocess":
-            from lake_assets.cdc.inprocess import InProcessEngine
+            from lake_assets.core.cdc.engines.inprocess import InProcessEngine
 
             return InProcessEngine()
         from resources.spark import spark_engine_for

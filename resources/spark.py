@@ -26,9 +26,9 @@ from dagster import ConfigurableResource, PipesSubprocessClient
 from dagster._core.errors import DagsterPipesExecutionError  # what PipesSubprocessClient raises on a non-zero exit
 from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesEMRServerlessClient
 
-from lake_assets.cdc.spark_engine import Launcher, SparkEngine, SparkJobError
-from lake_assets.environment import lake_home
-from lake_assets.spark.conf import (
+from lake_assets.core.cdc.engines.spark import Launcher, SparkEngine, SparkJobError
+from lake_assets.core.deployment import lake_home
+from lake_assets.core.spark.conf import (
     EMR_ICEBERG_JAR,
     LOG4J2_PROPERTIES,
     CatalogSettings,
@@ -37,7 +37,7 @@ from lake_assets.spark.conf import (
     merge_job_script,
     spark_submit_command,
 )
-from lake_assets.spark.merge_job import read_document, write_document
+from lake_assets.core.spark.merge_job import read_document, write_document
 
 ENVIRONMENT_DIR = "environment"  # where spark.archives unpacks the job's Python environment on EMR
 
@@ -320,7 +320,7 @@ class SparkMergeResource(ConfigurableResource):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "SparkMergeResource":
-        """The same variables `lake_assets.environment` reads, plus LAKE_SPARK_* and LAKE_EMR_*."""
+        """The same variables `lake_assets.core.deployment` reads, plus LAKE_SPARK_* and LAKE_EMR_*."""
         e = os.environ if environ is None else environ
         landing = e.get("LAKE_LANDING_URI")
         if not landing and e.get("LAKE_LANDING_BUCKET"):

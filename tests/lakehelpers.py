@@ -6,11 +6,11 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from lake_assets.arrivals import record_arrivals
-from lake_assets.cdc.exactly_once import merge_pending
-from lake_assets.cdc.inprocess import InProcessEngine
-from lake_assets.environment import LakeEnvironment, local_environment
-from lake_assets.registry import Registry, load_registry
+from lake_assets.core.arrivals import record_arrivals
+from lake_assets.core.cdc.runner import merge_pending
+from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+from lake_assets.core.deployment import LakeEnvironment, local_environment
+from lake_assets.core.registry import Registry, load_registry
 
 
 @dataclass
@@ -50,7 +50,7 @@ def make_lake(home: Path, sources_yaml: dict[str, str] | None = None, builtin: b
             (sdir / f"{name}.yaml").write_text(textwrap.dedent(text))
         dirs.append(sdir)
     if builtin:
-        from lake_assets.registry import BUILTIN_SOURCES_DIR
+        from lake_assets.core.registry import BUILTIN_SOURCES_DIR
 
         dirs.insert(0, BUILTIN_SOURCES_DIR)
     return TempLake(home, local_environment(home), load_registry(dirs))

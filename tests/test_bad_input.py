@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lake_assets.arrivals import ArrivalReport, record_arrivals
-from lake_assets.cdc.exactly_once import merge_pending
-from lake_assets.cdc.inprocess import InProcessEngine, MergeResult
-from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
-from lake_assets.ledger import COMMITTED, FAILED, QUARANTINED, LedgerEntry
+from lake_assets.core.arrivals import ArrivalReport, record_arrivals
+from lake_assets.core.cdc.runner import merge_pending
+from lake_assets.core.cdc.engines.inprocess import InProcessEngine, MergeResult
+from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
+from lake_assets.core.ledger import COMMITTED, FAILED, QUARANTINED, LedgerEntry
 from tests.lakehelpers import TempLake, make_lake
 
 SOURCE = """

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
 from tests.lakehelpers import make_lake
 
 COLUMNS = [("seq", "long"), ("id", "long"), ("val", "long"), ("note", "string")]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lake_assets.demo.generate import generate_travel
-from lake_assets.environment import REPO_ROOT, local_environment
-from lake_assets.registry import load_registry
+from demo.generate import generate_travel
+from lake_assets.core.deployment import REPO_ROOT, local_environment
+from lake_assets.core.registry import load_registry
 
 FAILPOINTS = ["after_claim", "before_commit", "after_commit", "before_ledger", "after_ledger"]
 

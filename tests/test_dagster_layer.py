@@ -7,7 +7,7 @@ import json
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
 from lake_assets.definitions import build_definitions
-from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
+from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
 from lake_assets.sensors import build_landing_sensor
 from resources.lake import LakeResource
 from tests.lakehelpers import make_lake
@@ -81,7 +81,7 @@ def test_one_table_failing_does_not_stop_the_others(tmp_path, monkeypatch):
                    [("order_id", "long"), ("total", "double")], cdc=False)
     # refunds: a primary key column missing from the file fails the whole file
     write_dms_file(folder / "refunds" / load_file_name(1), [{"amount": 2.0}], [("amount", "double")], cdc=False)
-    from lake_assets.arrivals import record_arrivals
+    from lake_assets.core.arrivals import record_arrivals
 
     record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
     defs = build_definitions(lake.registry, with_dbt=False)

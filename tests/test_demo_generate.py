@@ -21,9 +21,10 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from lake_assets.demo import generate, taxi
-from lake_assets.demo.dms_writer import arrow_type
-from lake_assets.registry import load_source_file
+from bench import taxi
+from demo import generate
+from demo.dms_writer import arrow_type
+from lake_assets.core.registry import load_source_file
 
 LOAD_NAME = re.compile(r"^LOAD[0-9A-F]{8}$")
 CDC_NAME = re.compile(r"^\d{8}-\d{9}$")

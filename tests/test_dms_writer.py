@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lake_assets.demo.dms_writer import (
+from demo.dms_writer import (
     cdc_file_name,
     load_file_name,
     table_dir,

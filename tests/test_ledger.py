@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lake_assets.ledger import LandedFile, postgres_ledger, sqlite_ledger
+from lake_assets.core.ledger import LandedFile, postgres_ledger, sqlite_ledger
 from tests.postgres_server import fresh_database, postgres_server
 
 
@@ -73,7 +73,7 @@ def test_only_the_newest_version_of_a_key_is_claimed(ledger):
 def test_merges_exactly_once_with_the_postgres_ledger(pg_server, tmp_path):
     import datetime as dt
 
-    from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+    from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
     from tests.lakehelpers import make_lake
 
     lake = make_lake(tmp_path, {"pg": """

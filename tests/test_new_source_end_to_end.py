@@ -10,8 +10,8 @@ import sys
 
 from pyiceberg.catalog.sql import SqlCatalog
 
-from lake_assets.demo.dms_writer import cdc_file_name, date_folder, load_file_name, write_dms_file
-from lake_assets.environment import REPO_ROOT
+from demo.dms_writer import cdc_file_name, date_folder, load_file_name, write_dms_file
+from lake_assets.core.deployment import REPO_ROOT
 
 YAML = """
 source: crm

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
 from tests.lakehelpers import make_lake
 
 COLUMNS = [("region", "string"), ("id", "long"), ("val", "long")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lake_assets.demo.dms_writer import load_file_name, write_dms_file
+from demo.dms_writer import load_file_name, write_dms_file
 from tests.lakehelpers import make_lake
 
 COLS = [("id", "long"), ("v", "long")]

@@ -28,7 +28,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 
 # dbt_project/plugins/lake_iceberg.py -> repository root
-from lake_assets.environment import CATALOG_NAME, REPO_ROOT, local_catalog  # noqa: E402  one definition of the lake
+from lake_assets.core.deployment import CATALOG_NAME, REPO_ROOT, local_catalog  # noqa: E402  one definition of the lake
 EXTENSIONS = ("avro", "iceberg")
 COMMIT_ATTEMPTS = 3
 TRANSFORMS = {

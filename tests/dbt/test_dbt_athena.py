@@ -13,7 +13,7 @@ import sqlglot
 from sqlglot import exp
 
 from dbt_lake_fixture import run_dbt
-from lake_assets import governance
+from lake_assets.core import governance
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
 ATHENA_ENV = {

@@ -10,9 +10,9 @@ import dagster as dg
 import pytest
 
 from dbt_lake_fixture import create_source_tables, lake_catalog
-from lake_assets import governance
+from lake_assets.core import governance
 from lake_assets.dbt_assets import dbt_definitions, dbt_executable, dbt_resource
-from lake_assets.registry import load_registry
+from lake_assets.core.registry import load_registry
 
 SOURCE_KEYS = [dg.AssetKey(t.asset_key_path) for t in load_registry().by_source()["travel"]]
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from lake_assets import governance
+from lake_assets.core import governance
 
 POLICY = governance.load_validated_policy()
 DATASETS = [

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lake_assets import governance
+from lake_assets.core import governance
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
 
 def test_repository_consumer_models_match_the_policy():
     to_write, to_delete = governance.generated_files_diff(DBT_PROJECT_DIR)
-    assert not to_write and not to_delete, "run: python -m lake_assets.governance generate"
+    assert not to_write and not to_delete, "run: python -m lake_assets.core.governance generate"
 
 
 def test_demo_policy_has_two_consumers_and_every_mask():

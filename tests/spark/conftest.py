@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from lake_assets.cdc.dms import parse_landing_key
-from lake_assets.ledger import LandedFile
-from lake_assets.registry import ColumnSpec, CsvOptions, PartitionField, TableConfig
-from lake_assets.spark.conf import build_session, catalog_settings_of, local_spark_conf
+from lake_assets.core.cdc.dms import parse_landing_key
+from lake_assets.core.ledger import LandedFile
+from lake_assets.core.registry import ColumnSpec, CsvOptions, PartitionField, TableConfig
+from lake_assets.core.spark.conf import build_session, catalog_settings_of, local_spark_conf
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 _names = itertools.count(1)

@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from lake_assets.cdc.iceberg import committed_batches
-from lake_assets.cdc.inprocess import InProcessEngine
-from lake_assets.cdc.spark_engine import SparkEngine
-from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
-from lake_assets.naming import quarantine_identifier, tombstone_identifier
-from lake_assets.spark.merge_job import session_launcher
+from lake_assets.core.cdc.iceberg import committed_batches
+from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+from lake_assets.core.cdc.engines.spark import SparkEngine
+from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
+from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.spark.merge_job import session_launcher
 from tests.spark.conftest import NOW, landed, make_table, sql_catalog, table_rows, unique_source
 
 pytestmark = pytest.mark.spark

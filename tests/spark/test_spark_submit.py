@@ -7,14 +7,14 @@ import datetime as dt
 import pytest
 from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, asset, materialize
 
-from lake_assets.cdc.exactly_once import merge_pending
-from lake_assets.cdc.iceberg import committed_batches
-from lake_assets.cdc.inprocess import InProcessEngine
-from lake_assets.cdc.spark_engine import SparkEngine, SparkJobError
-from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
-from lake_assets.landing import LocalLandingZone
-from lake_assets.ledger import sqlite_ledger
-from lake_assets.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.cdc.runner import merge_pending
+from lake_assets.core.cdc.iceberg import committed_batches
+from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+from lake_assets.core.cdc.engines.spark import SparkEngine, SparkJobError
+from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
+from lake_assets.core.landing import LocalLandingZone
+from lake_assets.core.ledger import sqlite_ledger
+from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
 from resources.spark import LocalSpark, SparkMergeResource, plain_launcher, spark_engine_for
 from tests.spark.conftest import make_table, record_landed, sql_catalog, table_rows
 

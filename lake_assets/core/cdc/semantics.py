@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from lake_assets.cdc.batch import SEQ
-from lake_assets.cdc.dms import OP
+from lake_assets.core.cdc.batch import SEQ
+from lake_assets.core.cdc.dms import OP
 
 POS = "__pos"  # position of an existing row in the scanned key table
 FILE_IX = "__file"  # index of the data file the existing row lives in

@@ -21,11 +21,11 @@ from typing import Callable
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 
-from lake_assets.cdc.dms import DmsFile
-from lake_assets.cdc.iceberg import SchemaDriftError
-from lake_assets.cdc.inprocess import MergeResult
-from lake_assets.registry import TableConfig
-from lake_assets.spark.conf import CatalogSettings, catalog_settings_of
+from lake_assets.core.cdc.dms import DmsFile
+from lake_assets.core.cdc.iceberg import SchemaDriftError
+from lake_assets.core.cdc.engines.inprocess import MergeResult
+from lake_assets.core.registry import TableConfig
+from lake_assets.core.spark.conf import CatalogSettings, catalog_settings_of
 
 SPEC_VERSION = 1  # the job spec's layout; the job refuses a spec of another version
 

@@ -1,6 +1,6 @@
 """The demo: a travel-booking database's DMS files flow round by round through every layer.
 
-    python -m lake_assets.demo [--reset] [--rounds N]
+    python -m demo [--reset] [--rounds N]
 
 Each round lands files as a DMS task would, records them as the landing sensor does, materializes
 the source-aligned assets through Dagster (runs show in the UI), then builds the dbt layers and checks
@@ -18,10 +18,10 @@ from decimal import Decimal
 
 from dagster import AssetKey, DagsterInstance, materialize
 
-from lake_assets.demo.generate import generate_travel
-from lake_assets.environment import lake_home, local_environment
+from demo.generate import generate_travel
+from lake_assets.core.deployment import lake_home, local_environment
 from lake_assets.ingest import format_row, ingest
-from lake_assets.registry import load_registry
+from lake_assets.core.registry import load_registry
 
 
 def _say(msg: str) -> None:
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         _say(f"  {len(result.get_asset_materialization_events())} dbt models materialized"
              + ("" if result.success else " (with failures; see the Dagster UI)"))
         ok &= result.success
-        from lake_assets.demo.dbt_report import empty_consumer_datasets, print_consumer_samples
+        from demo.dbt_report import empty_consumer_datasets, print_consumer_samples
 
         print_consumer_samples(home)
         empty = empty_consumer_datasets(home)

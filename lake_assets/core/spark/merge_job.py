@@ -2,7 +2,7 @@
 
     spark-submit [conf] merge_job.py --spec <path | s3://...> [--result <path | s3://...>]
 
-The spec (built by `lake_assets.cdc.spark_engine.job_spec`) names the table's registry entry, the
+The spec (built by `lake_assets.core.cdc.engines.spark.job_spec`) names the table's registry entry, the
 batch id, the files (landing keys + MD5 of the bytes the ledger claimed), the landing root, the
 catalog and a scratch location. The same script runs under local Spark, in tests (`run_merge` on an
 open session) and on EMR Serverless.
@@ -41,10 +41,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lake_assets.cdc.batch import SEQ, ChangeBatch
-from lake_assets.cdc.dms import OP, LandingKeyError, parse_landing_key
-from lake_assets.cdc.exactly_once import env_failpoint
-from lake_assets.cdc.iceberg import (
+from lake_assets.core.cdc.batch import SEQ, ChangeBatch
+from lake_assets.core.cdc.dms import OP, LandingKeyError, parse_landing_key
+from lake_assets.core.cdc.runner import env_failpoint
+from lake_assets.core.cdc.iceberg import (
     arrow_schema_of,
     batch_summary,
     committed_batches,
@@ -54,19 +54,19 @@ from lake_assets.cdc.iceberg import (
     load_or_create,
     table_properties,
 )
-from lake_assets.cdc.inprocess import (
+from lake_assets.core.cdc.engines.inprocess import (
     MergeResult,
     table_schema_for,
     history_rows,
     with_lake_columns,
     read_batch,
 )
-from lake_assets.cdc.semantics import reject_tombstoned, winners
-from lake_assets.cdc.spark_engine import SPEC_VERSION
-from lake_assets.cdc.sidecars import load_tombstones, update_tombstones, write_quarantine
-from lake_assets.landing import LocalLandingZone, S3LandingZone
-from lake_assets.registry import TableConfig
-from lake_assets.spark.conf import CATALOG_NAME, CatalogSettings
+from lake_assets.core.cdc.semantics import reject_tombstoned, winners
+from lake_assets.core.cdc.engines.spark import SPEC_VERSION
+from lake_assets.core.cdc.sidecars import load_tombstones, update_tombstones, write_quarantine
+from lake_assets.core.landing import LocalLandingZone, S3LandingZone
+from lake_assets.core.registry import TableConfig
+from lake_assets.core.spark.conf import CATALOG_NAME, CatalogSettings
 
 WIN = "__lake_w"  # index of a winner in the batch, carried through Spark to name outcomes
 HAS_TOMBSTONE = "__lake_t"  # the winner's key holds a tombstone

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lake_assets.cdc.dms import LandingKeyError, parse_landing_key
-from lake_assets.landing import LandingZone
-from lake_assets.ledger import FileLedger, LandedFile
-from lake_assets.registry import Registry
+from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
+from lake_assets.core.landing import LandingZone
+from lake_assets.core.ledger import FileLedger, LandedFile
+from lake_assets.core.registry import Registry
 
 
 @dataclass

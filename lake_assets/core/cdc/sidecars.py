@@ -14,11 +14,11 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 
-from lake_assets.cdc.batch import SEQ
-from lake_assets.cdc.dms import QuarantinedRow
-from lake_assets.cdc.iceberg import batch_summary, committed_batches, conform, load_or_create
-from lake_assets.naming import quarantine_identifier, tombstone_identifier
-from lake_assets.registry import TableConfig
+from lake_assets.core.cdc.batch import SEQ
+from lake_assets.core.cdc.dms import QuarantinedRow
+from lake_assets.core.cdc.iceberg import batch_summary, committed_batches, conform, load_or_create
+from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.registry import TableConfig
 
 DELETED_AT = "_lake_deleted_at"
 

@@ -13,7 +13,7 @@ only), inserts that overlap the full load, and files delivered one round late. T
 sequence_by (hotels, promotions, payments, bookings_audit) are only ever shuffled in delivery, never in
 naming or row order, so (file name, row number) stays a correct order for them.
 
-    python -m lake_assets.demo.generate --landing .lake/landing [--seed 7]
+    python -m demo.generate --landing .lake/landing [--seed 7]
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
 
-from lake_assets.demo.dms_writer import (
+from demo.dms_writer import (
     cdc_file_name,
     date_folder,
     load_file_name,
     table_dir,
     write_dms_file,
 )
-from lake_assets.registry import BUILTIN_SOURCES_DIR, TableConfig, load_source_file
+from lake_assets.core.registry import BUILTIN_SOURCES_DIR, TableConfig, load_source_file
 
 SOURCE = "travel"
 TRAVEL_YAML = BUILTIN_SOURCES_DIR / "travel.yaml"
@@ -958,7 +958,7 @@ def _write(t: TableConfig, endpoint: DmsEndpoint, path: Path, rows: list[dict], 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lake_assets.demo.generate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m demo.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--landing", type=Path, required=True, help="landing zone root (files go under <landing>/travel/)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--customers", type=int, default=500)

@@ -10,8 +10,8 @@ from typing import TextIO
 
 from pyiceberg.exceptions import NoSuchTableError
 
-from lake_assets import governance
-from lake_assets.environment import local_catalog
+from lake_assets.core import governance
+from lake_assets.core.deployment import local_catalog
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
 MAX_WIDTH = 22

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from pyiceberg.catalog import Catalog
 
-from lake_assets.landing import LandingZone, LocalLandingZone, S3LandingZone
-from lake_assets.ledger import FileLedger, postgres_ledger, sqlite_ledger
+from lake_assets.core.landing import LandingZone, LocalLandingZone, S3LandingZone
+from lake_assets.core.ledger import FileLedger, postgres_ledger, sqlite_ledger
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CATALOG_NAME = "lake"
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lake_assets.naming import (
+from lake_assets.core.naming import (
     QUARANTINE_SUFFIX,
     TOMBSTONE_SUFFIX,
     NamingError,
@@ -24,7 +24,7 @@ from lake_assets.naming import (
     table_identifier,
 )
 
-BUILTIN_SOURCES_DIR = Path(__file__).parent / "sources"
+BUILTIN_SOURCES_DIR = Path(__file__).resolve().parents[1] / "sources"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big registries
 
 COLUMN_TYPE = re.compile(

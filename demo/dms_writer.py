@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lake_assets.cdc.types import arrow_type
+from lake_assets.core.types import arrow_type
 
 OP_COLUMN = "Op"
 OPS = ("I", "U", "D")

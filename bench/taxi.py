@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake_assets.demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_table
+from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_table
 
 TAXI_SOURCE = "nyc"
 TAXI_SCHEMA = "public"

@@ -20,9 +20,9 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.table import Table
 
-from lake_assets.cdc.batch import FILE, SEQ, ChangeBatch, build_batch
-from lake_assets.cdc.dms import OP, ROW, DmsFile, FileChanges, FileReadError, read_dms_file
-from lake_assets.cdc.iceberg import (
+from lake_assets.core.cdc.batch import FILE, SEQ, ChangeBatch, build_batch
+from lake_assets.core.cdc.dms import OP, ROW, DmsFile, FileChanges, FileReadError, read_dms_file
+from lake_assets.core.cdc.iceberg import (
     batch_summary,
     committed_batches,
     conform,
@@ -31,9 +31,9 @@ from lake_assets.cdc.iceberg import (
     load_or_create,
     table_properties,
 )
-from lake_assets.cdc.semantics import FILE_IX, POS, plan_merge, reject_tombstoned, winners
-from lake_assets.cdc.sidecars import load_tombstones, update_tombstones, write_quarantine
-from lake_assets.registry import TableConfig
+from lake_assets.core.cdc.semantics import FILE_IX, POS, plan_merge, reject_tombstoned, winners
+from lake_assets.core.cdc.sidecars import load_tombstones, update_tombstones, write_quarantine
+from lake_assets.core.registry import TableConfig
 
 LAKE_OP = "_lake_op"
 BATCH = "_lake_batch_id"

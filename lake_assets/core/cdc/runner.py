@@ -16,14 +16,14 @@ from typing import Callable
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 
-from lake_assets.cdc.batch import SequenceError
-from lake_assets.cdc.dms import LandingKeyError, parse_landing_key
-from lake_assets.cdc.iceberg import SchemaDriftError, committed_batches
-from lake_assets.cdc.inprocess import MergeResult
-from lake_assets.landing import LandingZone
-from lake_assets.ledger import FileLedger, LedgerEntry
-from lake_assets.naming import quarantine_identifier
-from lake_assets.registry import TableConfig
+from lake_assets.core.cdc.batch import SequenceError
+from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
+from lake_assets.core.cdc.iceberg import SchemaDriftError, committed_batches
+from lake_assets.core.cdc.engines.inprocess import MergeResult
+from lake_assets.core.landing import LandingZone
+from lake_assets.core.ledger import FileLedger, LedgerEntry
+from lake_assets.core.naming import quarantine_identifier
+from lake_assets.core.registry import TableConfig
 
 COMMIT_ATTEMPTS = 3
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake_assets.cdc.dms import OP, ROW, DmsFile, FileChanges, QuarantinedRow
-from lake_assets.cdc.iceberg import SchemaDriftError
-from lake_assets.registry import TableConfig
+from lake_assets.core.cdc.dms import OP, ROW, DmsFile, FileChanges, QuarantinedRow
+from lake_assets.core.cdc.iceberg import SchemaDriftError
+from lake_assets.core.registry import TableConfig
 
 SEQ = "_lake_seq"
 FILE = "_lake_file"

@@ -17,7 +17,7 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import parse_transform
 from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
 
-from lake_assets.registry import TableConfig
+from lake_assets.core.registry import TableConfig
 
 BATCH_ID = "lake.batch-id"
 FILES = "lake.files"
