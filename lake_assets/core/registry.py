@@ -45,6 +45,7 @@ class _Strict(BaseModel):
 class ColumnSpec(_Strict):
     name: str
     type: str = "string"
+    description: str | None = None
 
     @field_validator("name")
     @classmethod
