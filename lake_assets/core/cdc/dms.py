@@ -7,7 +7,7 @@ first column of CDC files. A U row carries the after-image and a D row the befor
 
 from __future__ import annotations
 
-import csv
+import datetime as dt
 import gzip
 import io
 import json
@@ -21,15 +21,19 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from lake_assets.core.types import arrow_type, cast_column, normalize_arrow_type
+from lake_assets.core.types import UnsupportedTypeError, arrow_type, cast_column, normalize_arrow_type
 from lake_assets.core.naming import IDENTIFIER
 from lake_assets.core.registry import TableConfig
 
-LOAD_NAME = re.compile(r"^LOAD([0-9A-F]{8})$")
-CDC_NAME = re.compile(r"^(\d{8}-\d{9})$")
-DATE_FOLDERS = re.compile(r"^\d{4}/\d{2}/\d{2}$")
+LOAD_NAME = re.compile(r"LOAD([0-9A-F]{8})")
+CDC_NAME = re.compile(r"[0-9]{8}-[0-9]{9}")
+DATE_FOLDERS = re.compile(r"[0-9]{4}/[0-9]{2}/[0-9]{2}")
 EXTENSIONS = (".csv.gz", ".parquet", ".csv")
 VALID_OPS = ("I", "U", "D")
+PARQUET_MAGIC = b"PAR1"
+GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
+REASON_CHARS = 500  # longest piece of foreign text (an exception, a value) a reason quotes
 
 OP = "_op"
 ROW = "_row"
@@ -66,28 +70,41 @@ class DmsFile:
 
 
 def parse_landing_key(key: str) -> DmsFile:
+    shown = _printable(key)
     parts = key.strip("/").split("/")
     if len(parts) not in (4, 7):
         raise LandingKeyError(
-            f"{key}: expected <source>/<schema>/<table>/[YYYY/MM/DD/]<file> as AWS DMS writes it"
+            f"{shown}: expected <source>/<schema>/<table>/[YYYY/MM/DD/]<file> as AWS DMS writes it"
         )
+    if not all(parts):
+        raise LandingKeyError(f"{shown}: empty folder name in the key")
     source, schema, table = parts[0], parts[1], parts[2]
-    if len(parts) == 7 and not DATE_FOLDERS.match("/".join(parts[3:6])):
-        raise LandingKeyError(f"{key}: date folders must be YYYY/MM/DD")
+    if len(parts) == 7:
+        folders = "/".join(parts[3:6])
+        if not DATE_FOLDERS.fullmatch(folders):
+            raise LandingKeyError(f"{shown}: date folders must be YYYY/MM/DD")
+        try:
+            dt.date(*(int(p) for p in parts[3:6]))
+        except ValueError as e:
+            raise LandingKeyError(f"{shown}: date folders {folders} are not a calendar date ({e})") from None
     name = parts[-1]
     ext = next((e for e in EXTENSIONS if name.endswith(e)), None)
     if ext is None:
-        raise LandingKeyError(f"{key}: file extension must be one of {', '.join(EXTENSIONS)}")
+        raise LandingKeyError(f"{shown}: file extension must be one of {', '.join(EXTENSIONS)}")
     base = name[: -len(ext)]
-    m = LOAD_NAME.match(base)
+    m = LOAD_NAME.fullmatch(base)
     if m:
         if len(parts) == 7:
-            raise LandingKeyError(f"{key}: full-load files are never under date folders")
+            raise LandingKeyError(f"{shown}: full-load files are never under date folders")
         return DmsFile(key, source, schema, table, base, ext, int(m.group(1), 16))
-    if CDC_NAME.match(base):
+    if CDC_NAME.fullmatch(base):
+        try:
+            dt.datetime.strptime(base[:15], "%Y%m%d-%H%M%S")
+        except ValueError as e:
+            raise LandingKeyError(f"{shown}: CDC file name {base!r} is not a real time yyyyMMdd-HHmmssSSS ({e})") from None
         return DmsFile(key, source, schema, table, base, ext, None)
     raise LandingKeyError(
-        f"{key}: file name {name!r} is neither a DMS full-load name (LOAD + 8 hex digits) "
+        f"{shown}: file name {_printable(name)!r} is neither a DMS full-load name (LOAD + 8 hex digits) "
         "nor a CDC name (yyyyMMdd-HHmmssSSS)"
     )
 
@@ -112,68 +129,191 @@ class FileChanges:
         return self.table.num_rows + len(self.quarantined)
 
 
+def _printable(text: str, limit: int | None = None) -> str:
+    """Text safe to show in a reason: control and other unprintable characters escaped, cut at limit."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit]
+        cut = True
+    else:
+        cut = False
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if limit is not None and len(text) > limit:
+        text, cut = text[:limit], True
+    return text + ("..." if cut else "")
+
+
+def _show(value) -> str:
+    """A value as a reason quotes it: its Python repr, printable and short."""
+    return _printable(repr(value), 100)
+
+
+def _scalar(col: pa.ChunkedArray | pa.Array, i: int):
+    """The Python value of one cell; as text where Python has no exact value (nanosecond times)."""
+    try:
+        return col[i].as_py()
+    except (ValueError, OverflowError, pa.ArrowException):
+        return col.slice(i, 1).cast(pa.string())[0].as_py()
+
+
 def _raw_json(values: dict) -> str:
     return json.dumps(values, default=str, sort_keys=False)
 
 
+def _raw_rows(raw: pa.Table, indices: list[int]) -> list[dict]:
+    """The file's values of some rows, under the file's column names (`Op`, not `_op`)."""
+    picked = raw.take(pa.array(indices, pa.int64()))
+    columns: dict[str, list] = {}
+    for name in picked.column_names:
+        if name == ROW:
+            continue
+        col = picked.column(name)
+        try:
+            values = col.to_pylist()
+        except (ValueError, OverflowError, pa.ArrowException):  # nanoseconds Python cannot hold: as text
+            values = col.cast(pa.string()).to_pylist()
+        columns["Op" if name == OP else name] = values
+    return [{c: v[j] for c, v in columns.items()} for j in range(len(indices))]
+
+
 def read_dms_file(f: DmsFile, data: bytes, table: TableConfig) -> FileChanges:
-    """Read one landed file into typed change rows; bad rows are set aside with a reason."""
-    where = f"{f.key} (table {table.identifier})"
+    """Read one landed file into typed change rows; bad rows are set aside with a reason.
+
+    Whatever goes wrong with the file itself raises FileReadError, and only that: its reason names
+    the file and the table, and is short, printable text. The file stays landed for a retry.
+    """
+    where = f"{_printable(f.key)} (table {table.identifier})"
+    try:
+        return _read(where, f, data, table)
+    except FileReadError as e:
+        text = str(e)
+        if len(text) <= len(where) + 2 * REASON_CHARS and text.isprintable():
+            raise
+        raise FileReadError(_printable(text, len(where) + 2 * REASON_CHARS)) from e
+    except Exception as e:  # noqa: BLE001 - one bad file fails alone, whatever broke
+        detail = _printable(str(e), REASON_CHARS)
+        raise FileReadError(f"{where}: could not read the file: {type(e).__name__}: {detail}") from e
+
+
+def _read(where: str, f: DmsFile, data: bytes, table: TableConfig) -> FileChanges:
     if len(data) == 0:
         raise FileReadError(f"{where}: zero-byte file (an upload still in progress or a failed producer write)")
     if f.extension == ".parquet":
-        raw = _read_parquet(where, data)
-    else:
-        if f.extension == ".csv.gz":
-            try:
-                data = gzip.decompress(data)
-            except (EOFError, OSError, zlib.error) as e:
-                raise FileReadError(f"{where}: truncated or corrupt gzip: {e}") from None
-        raw, bad_rows = _read_csv(where, data, f, table)
-        return _typed(where, f, table, raw, bad_rows)
-    return _typed(where, f, table, raw, [])
+        return _typed(where, f, table, _read_parquet(where, data), [])
+    if f.extension == ".csv.gz":
+        if not data.startswith(GZIP_MAGIC):
+            raise FileReadError(f"{where}: not a gzip file: {_describe_start(data)}")
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as e:
+            raise FileReadError(f"{where}: truncated or corrupt gzip: {_printable(str(e), REASON_CHARS)}") from None
+    raw, bad_rows = _read_csv(where, data, f, table)
+    return _typed(where, f, table, raw, bad_rows)
+
+
+def _describe_start(data: bytes) -> str:
+    if data.startswith(PARQUET_MAGIC):
+        return "starts with Parquet magic 'PAR1'"
+    if data.startswith(GZIP_MAGIC):
+        return "starts with gzip magic 1f 8b (a compressed file needs the .csv.gz extension)"
+    return f"starts with {data[:16]!r}"
+
+
+def _not_text(data: bytes) -> str | None:
+    """Why bytes that should be CSV text are not, or None when they may be."""
+    if data.startswith(PARQUET_MAGIC) or data.startswith(GZIP_MAGIC):
+        return _describe_start(data)
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        return f"NUL byte at offset {nul} (binary content, or text in UTF-16)"
+    return None
 
 
 def _read_parquet(where: str, data: bytes) -> pa.Table:
     try:
-        t = pq.read_table(io.BytesIO(data))
+        # INT96 timestamps (Spark, Hive) as microseconds: nanoseconds overflow before 1677.
+        file = pq.ParquetFile(io.BytesIO(data), coerce_int96_timestamp_unit="us")
+        names = _column_names(where, file.schema_arrow.names)  # before reading any data
+        t = file.read()
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise FileReadError(f"{where}: not a readable Parquet file: {e}") from None
-    return t.rename_columns([_column_name(where, c) for c in t.column_names])
+        if isinstance(e, FileReadError):
+            raise
+        raise FileReadError(f"{where}: not a readable Parquet file: {_printable(str(e), REASON_CHARS)}") from None
+    return t.rename_columns(names)
 
 
 def _column_name(where: str, name: str) -> str:
     if name == "Op":
         return OP
     low = name.lower()
-    if not IDENTIFIER.match(low):
-        raise FileReadError(f"{where}: column {name!r} is not a valid lake column name ([a-z][a-z0-9_]*)")
+    if low.startswith("_"):
+        raise FileReadError(
+            f"{where}: column {_show(name)} starts with '_', which the lake reserves for its own columns (_op, _row, _lake_...)"
+        )
+    if not IDENTIFIER.fullmatch(low):
+        raise FileReadError(f"{where}: column {_show(name)} is not a valid lake column name ([a-z][a-z0-9_]*)")
     return low
 
 
-def _csv_field_counts(data: bytes, opts, sample_rows: int = 1000) -> Counter:
-    """How many rows have how many fields, over the first rows: one bad row, even the first, decides nothing."""
-    text = data[: 1 << 20].decode("utf-8", errors="replace")
+def _column_names(where: str, names: list[str]) -> list[str]:
+    """The lake names of a file's columns (lowercase, Op as _op); two columns may not share one."""
+    out = [_column_name(where, n) for n in names]
+    first: dict[str, str] = {}
+    for name, low in zip(names, out):
+        if low not in first:
+            first[low] = name
+        elif first[low] == name:
+            raise FileReadError(f"{where}: column {_show(name)} appears more than once")
+        else:
+            raise FileReadError(
+                f"{where}: columns {_show(first[low])} and {_show(name)} are both lake column {low} "
+                "(names are lowercased): ambiguous, the file is not read"
+            )
+    return out
+
+
+def _csv_token(opts) -> re.Pattern:
+    q, d = re.escape(opts.quote.encode()), re.escape(opts.delimiter.encode())
+    quoted = rb"%s[^%s]*(?:%s%s[^%s]*)*(?:%s|\Z)" % (q, q, q, q, q, q)
+    return re.compile(rb"%s|(%s)|(\r\n|\n|\r)|[^%s%s\r\n]+|." % (quoted, d, d, q), re.DOTALL)
+
+
+def _csv_field_counts(data: bytes, opts, sample_rows: int = 1000, sample_bytes: int = 1 << 20) -> Counter:
+    """How many rows have how many fields, over the first rows: one bad row, even the first, decides nothing.
+
+    One pattern matches a quoted value, a delimiter, a line end or other text, so a value of any
+    length is one match; counting stops at a row end once enough rows or bytes are seen.
+    """
     counts: Counter = Counter()
-    try:
-        for i, fields in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=opts.delimiter, quotechar=opts.quote)):
-            if i >= sample_rows:
-                break
-            if fields:
-                counts[len(fields)] += 1
-    except csv.Error:  # the sample cut a quoted value short: the rows counted so far decide
-        pass
+    delimiters, content = 0, False
+    for m in _csv_token(opts).finditer(data):
+        if m.group(1) is not None:
+            delimiters, content = delimiters + 1, True
+        elif m.group(2) is not None:
+            if content:
+                counts[delimiters + 1] += 1
+                if counts.total() >= sample_rows or m.end() >= sample_bytes:
+                    return counts
+            delimiters, content = 0, False
+        else:
+            content = True
+    if content:
+        counts[delimiters + 1] += 1
     return counts
 
 
 def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[pa.Table, list[QuarantinedRow]]:
     opts = table.csv
+    why = _not_text(data)
+    if why:
+        raise FileReadError(f"{where}: not a CSV file: {why}")
+    data = data.removeprefix(UTF8_BOM)
     if not data.strip():
         cols = [OP] + [c.name for c in table.columns or ()]
         return pa.table({c: pa.array([], pa.string()) for c in cols}), []
     if opts.header:
         header = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
-        names = [_column_name(where, c.strip().strip(opts.quote)) for c in header.split(opts.delimiter)]
+        names = _column_names(where, [c.strip().strip(opts.quote) for c in header.split(opts.delimiter)])
         skip = 1
     else:
         declared = [c.name for c in table.columns or ()]
@@ -191,7 +331,13 @@ def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[
     try:
         t = pcsv.read_csv(
             io.BytesIO(data),
-            read_options=pcsv.ReadOptions(column_names=names, skip_rows=skip, use_threads=False),
+            read_options=pcsv.ReadOptions(
+                column_names=names,
+                skip_rows=skip,
+                use_threads=False,
+                # A row (a value may hold newlines) must fit in one block: make the file one block.
+                block_size=min(max(len(data) + 1, 1 << 20), (1 << 31) - 1),
+            ),
             parse_options=pcsv.ParseOptions(
                 delimiter=opts.delimiter, quote_char=opts.quote, newlines_in_values=True, invalid_row_handler=on_invalid
             ),
@@ -203,7 +349,7 @@ def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise FileReadError(f"{where}: not a readable CSV file: {e}") from None
+        raise FileReadError(f"{where}: not a readable CSV file: {_printable(str(e), REASON_CHARS)}") from None
     bad_numbers = {b[0] for b in bad}
     total = t.num_rows + len(bad)
     good_numbers = [i for i in range(1, total + 1) if i not in bad_numbers]
@@ -212,23 +358,33 @@ def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[
     return t, quarantined
 
 
+def _ops(where: str, f: DmsFile, raw: pa.Table, reasons: dict[int, str]) -> pa.Array:
+    """The Op of every row (full-load rows without one are inserts); unknown Ops are bad rows."""
+    n = raw.num_rows
+    if OP not in raw.column_names:
+        if f.is_load:
+            return pa.array(["I"] * n, pa.string())
+        raise FileReadError(f"{where}: CDC file has no Op column")
+    col = raw.column(OP)
+    value_type = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if not (pa.types.is_null(value_type) or pa.types.is_string(value_type) or pa.types.is_large_string(value_type)
+            or pa.types.is_string_view(value_type)):
+        raise FileReadError(f"{where}: the Op column has Arrow type {col.type}; DMS writes it as text (I, U or D)")
+    ops = pc.utf8_upper(pc.utf8_trim_whitespace(col.cast(pa.string())))
+    if f.is_load:
+        ops = pc.if_else(pc.is_null(ops), "I", ops)
+    ok = pc.is_in(ops, pa.array(VALID_OPS))
+    for i in pc.indices_nonzero(pc.invert(pc.fill_null(ok, False))).to_pylist():
+        reasons.setdefault(i, f"unknown Op {_show(col[i].as_py())} (expected I, U or D)")
+    return ops
+
+
 def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantined: list[QuarantinedRow]) -> FileChanges:
     n = raw.num_rows
     if ROW not in raw.column_names:
         raw = raw.append_column(ROW, pa.array(range(1, n + 1), pa.int64()))
     reasons: dict[int, str] = {}  # index in raw -> first reason
-
-    if OP in raw.column_names:
-        ops = pc.utf8_upper(pc.utf8_trim_whitespace(raw.column(OP).cast(pa.string())))
-        if f.is_load:
-            ops = pc.if_else(pc.is_null(ops), "I", ops)
-        ok = pc.is_in(ops, pa.array(VALID_OPS))
-        for i in pc.indices_nonzero(pc.invert(pc.fill_null(ok, False))).to_pylist():
-            reasons.setdefault(i, f"unknown Op {raw.column(OP)[i].as_py()!r} (expected I, U or D)")
-    elif f.is_load:
-        ops = pa.array(["I"] * n, pa.string())
-    else:
-        raise FileReadError(f"{where}: CDC file has no Op column")
+    ops = _ops(where, f, raw, reasons)
 
     for k in table.primary_key:
         if k not in raw.column_names:
@@ -242,10 +398,18 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
             columns[name] = pa.nulls(n, declared[name])
             continue
         col = raw.column(name)
-        target = declared.get(name) or normalize_arrow_type(col.type)
-        cast, bad = cast_column(col, target)
+        try:
+            target = declared.get(name) or normalize_arrow_type(col.type)
+            if pa.types.is_null(target):
+                if name in table.primary_key:
+                    # Every row lacks its key, and no type can be given to the key column.
+                    raise FileReadError(f"{where}: primary key column {name} has Arrow type null (no values in the file)")
+                continue  # no values and no declared type: a later file with values adds the column
+            cast, bad = cast_column(col, target)
+        except UnsupportedTypeError as e:
+            raise FileReadError(f"{where}: column {name} ({col.type}): {e}") from None
         for i in bad:
-            reasons.setdefault(i, f"value {col[i].as_py()!r} does not fit column {name} ({target})")
+            reasons.setdefault(i, f"value {_show(_scalar(col, i))} does not fit column {name} ({target})")
         columns[name] = cast
 
     for k in table.primary_key:
@@ -254,12 +418,10 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
 
     out = pa.table({**columns, OP: ops, ROW: raw.column(ROW)})
     if reasons:
-        rows = raw.column(ROW)
-        for i in sorted(reasons):
-            values = {c: raw.column(c)[i].as_py() for c in raw.column_names if c != ROW}
-            if OP in values:
-                values["Op"] = values.pop(OP)
-            quarantined.append(QuarantinedRow(rows[i].as_py(), reasons[i], _raw_json(values)))
+        bad_rows = sorted(reasons)
+        row_numbers = raw.column(ROW).take(pa.array(bad_rows, pa.int64())).to_pylist()
+        for i, number, values in zip(bad_rows, row_numbers, _raw_rows(raw, bad_rows)):
+            quarantined.append(QuarantinedRow(number, reasons[i], _raw_json(values)))
         keep = pa.array([i not in reasons for i in range(n)])
         out = out.filter(keep)
     quarantined.sort(key=lambda q: q.row)
