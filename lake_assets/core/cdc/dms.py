@@ -130,17 +130,14 @@ class FileChanges:
 
 
 def _printable(text: str, limit: int | None = None) -> str:
-    """Text safe to show in a reason: control and other unprintable characters escaped, cut at limit."""
-    if limit is not None and len(text) > limit:
-        text = text[:limit]
-        cut = True
-    else:
-        cut = False
+    """Text safe to show in a reason: unprintable characters escaped, cut at limit characters."""
+    if limit is not None:
+        text = text[: limit + 1]  # enough to know whether it was cut, without escaping a huge text
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if limit is not None and len(text) > limit:
-        text, cut = text[:limit], True
-    return text + ("..." if cut else "")
+        return text[:limit] + "..."
+    return text
 
 
 def _show(value) -> str:
@@ -407,7 +404,7 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
                 continue  # no values and no declared type: a later file with values adds the column
             cast, bad = cast_column(col, target)
         except UnsupportedTypeError as e:
-            raise FileReadError(f"{where}: column {name} ({col.type}): {e}") from None
+            raise FileReadError(f"{where}: column {name}: {e}") from None
         for i in bad:
             reasons.setdefault(i, f"value {_show(_scalar(col, i))} does not fit column {name} ({target})")
         columns[name] = cast
