@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import lake_assets.core.cdc.dms as dms
-from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
+from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
 from lake_assets.core.cdc.dms import (
     OP,
     ROW,
