@@ -101,7 +101,8 @@ def test_promotion_uptake(built_lake):
         used = [b for b in active if b["promotion_id"] == p["promotion_id"]]
         eligible = [
             b for b in active
-            if p["valid_from"] <= b["created_at"].date() <= p["valid_to"] and p["region"] in ("ALL", region[b["hotel_id"]])
+            if p["valid_from"] <= b["created_at"].date() and (p["valid_to"] is None or b["created_at"].date() <= p["valid_to"])
+            and p["region"] in (None, region[b["hotel_id"]])
         ]
         row = actual[p["promotion_id"]]
         assert row["redemptions"] == len(used)
@@ -111,6 +112,7 @@ def test_promotion_uptake(built_lake):
         discount = sum(float(b["amount"]) * float(p["discount_pct"]) / (100 - float(p["discount_pct"])) * FX[b["currency"]] for b in used)
         assert float(row["discount_eur"]) == pytest.approx(discount, abs=0.01 * max(len(used), 1))
     assert actual[202]["uptake_pct"] == 42  # 3 of 7: integer division truncates on both engines
+    assert actual[204]["eligible_bookings"] > 0 and actual[204]["uptake_pct"] == 0  # open-ended, every region
 
 
 def test_payment_transactions(built_lake):
