@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
-from lake_assets.core.registry import load_registry
 
 FX = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["fx_plan_rates"]
 AGGREGATED = ["customer_lifetime_value", "daily_hotel_bookings", "payment_transactions", "promotion_uptake"]
