@@ -28,7 +28,7 @@ from dagster import (
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 from filelock import FileLock
 
-from lake_assets.core import governance
+from lake_assets.core import dbt_codegen, governance
 from lake_assets.core.naming import source_aligned_key
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
@@ -161,15 +161,16 @@ def _manifest_is_current(project: DbtProject) -> bool:
 
 
 def prepare_manifest(project: DbtProject | None = None) -> DbtProject:
-    """Make `project.manifest_path` current, offline: regenerate the consumer models from the
-    governance policy when it changed, then `dbt parse` when any project file is newer than the
-    manifest (or it was parsed for the other target). A no-op when nothing changed, so loading
-    the definitions stays fast; concurrent loaders wait on a lock instead of parsing twice."""
+    """Make `project.manifest_path` current, offline: regenerate the generated dbt files (sources
+    from the table registry, consumer models from the governance policy) when they changed, then
+    `dbt parse` when any project file is newer than the manifest (or it was parsed for the other
+    target). A no-op when nothing changed, so loading the definitions stays fast; concurrent
+    loaders wait on a lock instead of parsing twice."""
     project = project or lake_dbt_project()
     target_dir = project.project_dir / project.target_path
     target_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target_dir / "lake_prepare.lock"), timeout=300):
-        governance.generate(project.project_dir)
+        dbt_codegen.generate(project.project_dir)
         if _manifest_is_current(project):
             return project
         result = subprocess.run(

@@ -3,7 +3,9 @@
 The schemas come from the table registry (lake_assets/sources/travel.yaml) plus the merge's lake
 columns; the rows are small but realistic: PII of every shape (apostrophes, accents, short and
 missing values), customers who opted out, payments outside EMEA, US customers, cancelled
-bookings, refunds, a promotion nobody used and a hotel without bookings. `run_dbt` runs dbt
+bookings, refunds, a promotion nobody used and a hotel without bookings. Region codes and
+promotion validity are written as the demo source writes them: EMEA/AMER/APAC, a null region for
+a code valid everywhere, a null valid_to for an open-ended one. `run_dbt` runs dbt
 from the project directory the way the README's workflow and Dagster do.
 """
 
@@ -68,18 +70,19 @@ HOTELS = [
     (101, "Hotel Spree", "Berlin", "DE", "EMEA", 4, 120),
     (102, "Le Petit Louvre", "Paris", "FR", "EMEA", 3, 45),
     (103, "Casa Alfama", "Lisbon", "PT", "EMEA", 4, 60),
-    (104, "The Thames View", "London", "GB", "UK", 5, 200),
-    (105, "Midtown Suites", "New York", "US", "US", 4, 310),
-    (106, "Ocean Drive Inn", "Miami", "US", "US", 3, 80),
+    (104, "The Thames View", "London", "GB", "EMEA", 5, 200),
+    (105, "Midtown Suites", "New York", "US", "AMER", 4, 310),
+    (106, "Ocean Drive Inn", "Miami", "US", "AMER", 3, 80),
     (107, "Alpenblick", "Innsbruck", "AT", "EMEA", 4, 35),  # no bookings yet
 ]
-HOTEL_CURRENCY = {"EMEA": "EUR", "UK": "GBP", "US": "USD"}
+COUNTRY_CURRENCY = {"GB": "GBP", "US": "USD"}  # the other hotels are in the euro area
 
 PROMOTIONS = [
+    # region None: valid in every region; valid_to None: open-ended (as the demo source writes them)
     (201, "WINTER10", "10.00", "EMEA", "2025-12-01", "2025-12-31"),
-    (202, "NEWYEAR25", "25.00", "ALL", "2025-12-26", "2026-01-05"),
-    (203, "LONDON15", "15.00", "UK", "2025-12-01", "2026-01-31"),
-    (204, "JULY4", "20.00", "US", "2026-07-01", "2026-07-04"),  # never used
+    (202, "NEWYEAR25", "25.00", None, "2025-12-26", "2026-01-05"),
+    (203, "LONDON15", "15.00", "EMEA", "2025-12-01", "2026-01-31"),
+    (204, "LOYALTY5", "5.00", None, "2025-12-15", None),  # never used
 ]
 
 BOOKINGS = [
@@ -109,13 +112,13 @@ PAYMENTS = [
     (3003, 1003, "130.00", "card", "4000056655665556", "EMEA", "captured", "2025-12-05 18:02:00"),
     (3004, 1003, "130.00", "card", "4000056655665556", "EMEA", "refunded", "2025-12-07 09:00:00"),
     (3005, 1004, "450.00", "card", "378282246310005", "EMEA", "captured", "2025-12-10 09:50:00"),
-    (3006, 1005, "510.00", "card", "6011111111111117", "UK", "captured", "2025-12-10 10:16:00"),
-    (3007, 1006, "1160.00", "card", "4242424242424242", "US", "captured", "2025-12-12 23:05:00"),
-    (3008, 1007, "405.00", "card", "5105105105105100", "US", "failed", "2025-12-27 14:01:00"),
+    (3006, 1005, "510.00", "card", "6011111111111117", "EMEA", "captured", "2025-12-10 10:16:00"),
+    (3007, 1006, "1160.00", "card", "4242424242424242", "AMER", "captured", "2025-12-12 23:05:00"),
+    (3008, 1007, "405.00", "card", "5105105105105100", "AMER", "failed", "2025-12-27 14:01:00"),
     (3009, 1008, "165.00", "bank_transfer", None, "EMEA", "captured", "2025-12-29 10:00:00"),
-    (3010, 1009, "280.00", "card", "4000002500003155", "UK", "refunded", "2025-12-30 08:00:00"),
-    (3011, 1010, "714.00", "card", "4000002760003184", "UK", "captured", "2026-01-02 09:01:00"),
-    (3012, 1011, "1050.00", "card", "4000000000003220", "US", "captured", "2026-01-03 15:31:00"),
+    (3010, 1009, "280.00", "card", "4000002500003155", "EMEA", "refunded", "2025-12-30 08:00:00"),
+    (3011, 1010, "714.00", "card", "4000002760003184", "EMEA", "captured", "2026-01-02 09:01:00"),
+    (3012, 1011, "1050.00", "card", "4000000000003220", "AMER", "captured", "2026-01-03 15:31:00"),
     (3013, 1012, "165.00", "card", "4000000000009995", "EMEA", "captured", "2026-01-03 16:02:00"),
     (3014, 1013, "480.00", "card", "4000000000000077", "EMEA", "captured", "2026-01-04 11:03:00"),
     (3015, 1015, "95.00", "card", "4000 0000 0000 0002", "EMEA", "captured", "2026-01-04 12:01:00"),
@@ -151,7 +154,7 @@ def _lake(seq: int, at: str) -> tuple:
 
 def source_rows() -> dict[str, list[dict]]:
     """The rows of each source-aligned table, as dicts with source and lake columns."""
-    hotel_region = {h[0]: h[4] for h in HOTELS}
+    hotel_country = {h[0]: h[3] for h in HOTELS}
     rows: dict[str, list[dict]] = {}
     rows["customers"] = [
         dict(change_seq=i, customer_id=c[0], first_name=c[1], last_name=c[2], email=c[3], phone=c[4],
@@ -165,13 +168,13 @@ def source_rows() -> dict[str, list[dict]]:
         for h in HOTELS
     ]
     rows["promotions"] = [
-        dict(promotion_id=p[0], code=p[1], discount_pct=money(p[2]), region=p[3], valid_from=d(p[4]), valid_to=d(p[5]))
+        dict(promotion_id=p[0], code=p[1], discount_pct=money(p[2]), region=p[3], valid_from=d(p[4]), valid_to=None if p[5] is None else d(p[5]))
         for p in PROMOTIONS
     ]
     rows["bookings"] = [
         dict(change_seq=i, booking_id=b[0], customer_id=b[1], hotel_id=b[2], promotion_id=b[3],
              check_in=d(b[4]), check_out=d(b[4]) + dt.timedelta(days=b[5]), nights=b[5], amount=money(b[6]),
-             currency=HOTEL_CURRENCY[hotel_region[b[2]]], status=b[7], created_at=ts(b[8]), updated_at=ts(b[8]))
+             currency=COUNTRY_CURRENCY.get(hotel_country[b[2]], "EUR"), status=b[7], created_at=ts(b[8]), updated_at=ts(b[8]))
         for i, b in enumerate(BOOKINGS, 1)
     ]
     currency_of_booking = {b["booking_id"]: b["currency"] for b in rows["bookings"]}

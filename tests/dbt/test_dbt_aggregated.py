@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
-from lake_assets.core.registry import load_registry
 
 FX = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["fx_plan_rates"]
 AGGREGATED = ["customer_lifetime_value", "daily_hotel_bookings", "payment_transactions", "promotion_uptake"]
@@ -101,7 +100,8 @@ def test_promotion_uptake(built_lake):
         used = [b for b in active if b["promotion_id"] == p["promotion_id"]]
         eligible = [
             b for b in active
-            if p["valid_from"] <= b["created_at"].date() <= p["valid_to"] and p["region"] in ("ALL", region[b["hotel_id"]])
+            if p["valid_from"] <= b["created_at"].date() and (p["valid_to"] is None or b["created_at"].date() <= p["valid_to"])
+            and p["region"] in (None, region[b["hotel_id"]])
         ]
         row = actual[p["promotion_id"]]
         assert row["redemptions"] == len(used)
@@ -111,6 +111,7 @@ def test_promotion_uptake(built_lake):
         discount = sum(float(b["amount"]) * float(p["discount_pct"]) / (100 - float(p["discount_pct"])) * FX[b["currency"]] for b in used)
         assert float(row["discount_eur"]) == pytest.approx(discount, abs=0.01 * max(len(used), 1))
     assert actual[202]["uptake_pct"] == 42  # 3 of 7: integer division truncates on both engines
+    assert actual[204]["eligible_bookings"] > 0 and actual[204]["uptake_pct"] == 0  # open-ended, every region
 
 
 def test_payment_transactions(built_lake):
@@ -137,18 +138,6 @@ def test_dbt_tables_are_iceberg_tables_in_the_catalog(built_lake, iceberg_duckdb
         summary = table.current_snapshot().summary
         assert summary["dbt.model"] == f"model.lakehouse.{name}"
     assert [f.name for f in catalog.load_table("aggregated.payment_transactions").spec().fields] == ["paid_date_month"]
-
-
-def test_sources_match_the_table_registry():
-    """The dbt sources are the registry's source-aligned tables, with the registry's columns."""
-    doc = yaml.safe_load((DBT_PROJECT_DIR / "models" / "sources" / "travel.yml").read_text())
-    (source,) = doc["sources"]
-    registry = {t.name: t for t in load_registry().by_source()[source["name"]]}
-    dbt_tables = {t["name"]: [c["name"] for c in t["columns"]] for t in source["tables"]}
-    assert set(dbt_tables) == set(registry)
-    for name, columns in dbt_tables.items():
-        declared = {c.name for c in registry[name].columns}
-        assert set(columns) <= declared, f"{name}: {set(columns) - declared} not in the registry"
 
 
 def test_rebuild_replaces_contents_in_place(tmp_path):

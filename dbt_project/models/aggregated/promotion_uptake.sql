@@ -1,6 +1,7 @@
 {#- Per promotion code: redemptions, revenue and discount given, and uptake: the share of the
     bookings eligible for the code (created in its validity window at a hotel in its region) that
-    used it. Cancelled bookings count nowhere. -#}
+    used it. A null region means every region, a null valid_to an open-ended code (campaign_days is
+    then null). Cancelled bookings count nowhere. -#}
 with promotions as (
     select promotion_id, code, discount_pct, region, valid_from, valid_to
     from {{ source('travel', 'promotions') }}
@@ -25,8 +26,8 @@ eligible as (
     from promotions as p
     inner join bookings as b
         on b.created_at >= p.valid_from
-        and b.created_at < {{ add_days('p.valid_to', 1) }}
-        and (p.region = 'ALL' or p.region = b.hotel_region)
+        and (p.valid_to is null or b.created_at < {{ add_days('p.valid_to', 1) }})
+        and (p.region is null or p.region = b.hotel_region)
     group by p.promotion_id
 ),
 
