@@ -26,17 +26,17 @@ def f(key, checksum="c1", table="s.t", reason=None):
 
 
 def test_identical_redelivery_is_a_noop_and_new_content_is_a_new_entry(ledger):
-    new, dupes = ledger.record([f("s/a/t/LOAD00000001.parquet"), f("s/a/t/20261121-100000000.parquet")])
-    assert (len(new), dupes) == (2, 0)
-    new, dupes = ledger.record([f("s/a/t/LOAD00000001.parquet")])
-    assert (new, dupes) == ([], 1)
-    new, dupes = ledger.record([f("s/a/t/LOAD00000001.parquet", "c2")])
-    assert len(new) == 1 and dupes == 0
+    r = ledger.record([f("s/a/t/LOAD00000001.parquet"), f("s/a/t/20261121-100000000.parquet", "c9")])
+    assert (len(r.entries), r.duplicates, r.identical) == (2, [], 0)
+    r = ledger.record([f("s/a/t/LOAD00000001.parquet")])
+    assert (r.entries, r.duplicates, r.identical) == ([], [], 1)
+    r = ledger.record([f("s/a/t/LOAD00000001.parquet", "c2")])
+    assert len(r.entries) == 1 and r.identical == 0
     assert ledger.seen_versions()["s/a/t/LOAD00000001.parquet"] == {"v-c1", "v-c2"}
 
 
 def test_claim_finish_and_retry(ledger):
-    ledger.record([f("k1"), f("k2"), f("k3"), f("other", table="s.u")])
+    ledger.record([f("k1", "c1"), f("k2", "c2"), f("k3", "c3"), f("other", "c4", table="s.u")])
     batch, entries = ledger.claim("s.t")
     assert [e.key for e in entries] == ["k1", "k2", "k3"] and all(e.status == "processing" for e in entries)
     assert ledger.claim("s.t")[1] == []  # nothing is claimed twice
@@ -47,7 +47,8 @@ def test_claim_finish_and_retry(ledger):
     assert (by_key["k1"].status, by_key["k1"].rows_read, by_key["k1"].snapshot_id) == ("committed", 5, 42)
     assert (by_key["k2"].status, by_key["k2"].reason) == ("quarantined", "k2: all 4 rows quarantined")
     assert (by_key["k3"].status, by_key["k3"].reason) == ("failed", "k3: corrupt")
-    assert ledger.status_counts("s.t") == {"landed": 0, "processing": 0, "committed": 1, "failed": 1, "quarantined": 1}
+    assert ledger.status_counts("s.t") == {"landed": 0, "processing": 0, "committed": 1, "failed": 1, "quarantined": 1,
+                                           "duplicate": 0, "superseded": 0}
     assert ledger.tables_with_pending() == {"s.u": 1}
     assert ledger.retry_failed("s.t") == 1
     assert [e.key for e in ledger.claim("s.t")[1]] == ["k3"]
@@ -67,7 +68,7 @@ def test_only_the_newest_version_of_a_key_is_claimed(ledger):
     _, entries = ledger.claim("s.t")
     assert [e.checksum for e in entries] == ["new"]
     [old] = [e for e in ledger.entries("s.t") if e.checksum == "old"]
-    assert old.status == "failed" and "superseded" in old.reason
+    assert old.status == "superseded" and "superseded" in old.reason
 
 
 def test_merges_exactly_once_with_the_postgres_ledger(pg_server, tmp_path):
@@ -94,7 +95,7 @@ def test_merges_exactly_once_with_the_postgres_ledger(pg_server, tmp_path):
     lake.ingest()  # nothing new: no change
     write_dms_file(folder / load_file_name(1), [{"id": i, "val": 0} for i in range(5)], cols, cdc=False)  # re-delivered
     report, _ = lake.ingest()
-    assert report.duplicates == 1
+    assert report.identical == 1 and report.content_duplicates == []
     assert sorted((r["id"], r["val"]) for r in lake.rows("pg.items")) == [(0, 0), (1, 1), (3, 0), (4, 0)]
     assert lake.env.ledger.status_counts("pg.items")["committed"] == 2
     assert len(lake.env.catalog.load_table("pg.items").metadata.snapshots) == 1
