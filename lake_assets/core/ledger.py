@@ -862,7 +862,7 @@ class _Postgres(_Backend):
 
     # The table lock: a session-level advisory lock on a connection of its own.
 
-    def lock_session(self, table_id: str):
+    def lock_session(self, table_id: str) -> _LockSession:
         try:
             conn = self._pg.connect(self.dsn, application_name=f"lake table lock {table_id}"[:63])
             conn.autocommit = True
@@ -870,34 +870,41 @@ class _Postgres(_Backend):
             conn.cursor().execute("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3")
         except self._pg.Error as err:
             raise LedgerError(f"ledger {self._desc}: opening the lock session of table {table_id}: {err}") from err
-        conn._lake_guard = threading.Lock()
-        return conn
+        return _LockSession(conn, threading.Lock())
 
-    def try_advisory(self, conn, table_id: str) -> bool:
+    def try_advisory(self, session: _LockSession, table_id: str) -> bool:
         try:
-            with conn._lake_guard:
-                cur = conn.cursor()
+            with session.guard:
+                cur = session.conn.cursor()
                 cur.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key(f"table:{table_id}"),))
                 return bool(cur.fetchone()[0])
         except self._pg.Error as err:
             raise LedgerError(f"ledger {self._desc}: taking the lock of table {table_id}: {err}") from err
 
-    def session_alive(self, conn) -> bool:
+    def session_alive(self, session: _LockSession) -> bool:
         try:
-            with conn._lake_guard:
-                conn.cursor().execute("SELECT 1")
+            with session.guard:
+                session.conn.cursor().execute("SELECT 1")
             return True
         except self._pg.Error:
             return False
 
-    def close_session(self, conn, table_id: str) -> None:
+    def close_session(self, session: _LockSession, table_id: str) -> None:
         try:
-            with conn._lake_guard:
-                conn.cursor().execute("SELECT pg_advisory_unlock(%s)", (_advisory_key(f"table:{table_id}"),))
+            with session.guard:
+                session.conn.cursor().execute("SELECT pg_advisory_unlock(%s)", (_advisory_key(f"table:{table_id}"),))
         except self._pg.Error:
             pass  # closing the connection frees the lock anyway
         finally:
-            conn.close()
+            session.conn.close()
+
+
+@dataclass
+class _LockSession:
+    """The PostgreSQL connection that holds a table's advisory lock (heartbeat and owner share it)."""
+
+    conn: object
+    guard: threading.Lock
 
 
 def sqlite_ledger(path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> SqlFileLedger:
