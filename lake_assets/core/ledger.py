@@ -315,6 +315,8 @@ class SqlFileLedger:
         version is remembered). New content under a known key: the next file version. Content equal
         to another key's file of the same table: recorded as a duplicate, never claimed."""
         files = list(files)
+        if not files:  # most sensor ticks: no write transaction at all
+            return Recorded([], [], 0)
 
         def run(cur) -> Recorded:
             self._b.serialize(cur, "record")  # file versions are numbered per key: one writer at a time
