@@ -66,9 +66,12 @@ def main(argv=None) -> int:
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed)
     r = out.arrivals
-    print(f"{r.total} new files recorded ({len(r.unroutable)} unroutable, {r.duplicates} identical re-deliveries ignored)")
+    print(f"{r.total} new files recorded ({len(r.unroutable)} unroutable, {r.identical} identical re-deliveries ignored, "
+          f"{len(r.content_duplicates)} duplicates of other files)")
     for key, reason in r.unroutable:
         print(f"  unroutable: {reason}")
+    for key, other in r.content_duplicates:
+        print(f"  duplicate: {key} has the same content as {other}; not merged again")
     for key, md in sorted(out.metadata.items()):
         print(format_row(key, md))
     if not out.success:

@@ -61,7 +61,8 @@ def build_landing_sensor(registry: Registry):
                                  "duplicates": report.duplicates, "resumed": resumed})
         context.log.info(
             f"landing {lake.landing.describe()}: {report.total} new files "
-            f"({len(report.unroutable)} unroutable, {report.duplicates} identical re-deliveries ignored, "
+            f"({len(report.unroutable)} unroutable, {report.identical} identical re-deliveries ignored, "
+            f"{len(report.content_duplicates)} duplicates of other files, "
             f"{report.rerouted} re-routed); tables pending: {len(pending)}"
         )
         if not fresh:

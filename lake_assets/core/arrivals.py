@@ -1,29 +1,40 @@
-"""Recording landed files in the ledger: route each to its registry table, skip what is known.
+"""Recording landed files in the ledger: route each to its registry table, skip what is known or
+still being written.
 
 The landing sensor and the demo command both call `record_arrivals`; its work is bounded per call.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
 from lake_assets.core.landing import LandingZone
-from lake_assets.core.ledger import FileLedger, LandedFile
+from lake_assets.core.ledger import DUPLICATE, FileLedger, LandedFile
 from lake_assets.core.registry import Registry
 
 
 @dataclass
 class ArrivalReport:
-    recorded: dict[str, int] = field(default_factory=dict)  # table id -> new files
+    recorded: dict[str, int] = field(default_factory=dict)  # table id -> new files to merge
     unroutable: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    duplicates: int = 0
+    content_duplicates: list[tuple[str, str]] = field(default_factory=list)  # (key, duplicate_of): same content, another key
+    identical: int = 0  # identical re-deliveries (same key, same content): nothing recorded
     rerouted: int = 0
     remaining: bool = False  # more new files than this call's limit
+    settling: int = 0  # files changed less than settle_seconds ago: not read yet
+    settled_at: float | None = None  # epoch seconds when the youngest settling file will have settled
 
     @property
     def total(self) -> int:
         return sum(self.recorded.values()) + len(self.unroutable)
+
+    @property
+    def duplicates(self) -> int:
+        """Deliveries not merged again because their content is already recorded (identical
+        re-deliveries plus copies under another key)."""
+        return self.identical + len(self.content_duplicates)
 
 
 def route(key: str, registry: Registry, folders=None) -> tuple[str | None, str | None]:
@@ -38,29 +49,47 @@ def route(key: str, registry: Registry, folders=None) -> tuple[str | None, str |
     return t.identifier, None
 
 
-def record_arrivals(landing: LandingZone, ledger: FileLedger, registry: Registry, limit: int = 5000) -> ArrivalReport:
+def record_arrivals(
+    landing: LandingZone, ledger: FileLedger, registry: Registry, *, limit: int = 5000, settle_seconds: float = 0.0,
+    now: float | None = None,
+) -> ArrivalReport:
+    """Record new landing files. A file changed less than settle_seconds before `now` (epoch
+    seconds, default the clock) may still be being written: it is neither read nor recorded, only
+    counted in `settling`, and picked up by a later call."""
     report = ArrivalReport()
+    now = time.time() if now is None else now
     folders = registry.for_landing_folder()
     # Files that routed nowhere earlier may route now (a table was added to the registry).
     for e in ledger.unrouted():
         table_id, _ = route(e.key, registry, folders)
         if table_id:
-            ledger.route(e.id, table_id)
+            routed = ledger.route(e.id, table_id)
             report.rerouted += 1
+            if routed.status == DUPLICATE:
+                report.content_duplicates.append((routed.key, routed.duplicate_of))
     seen = ledger.seen_versions()
     new = []
+    youngest: float | None = None
     for obj in landing.list():
         if obj.version in seen.get(obj.key, ()):
+            continue
+        if settle_seconds > 0 and now - obj.modified < settle_seconds:
+            report.settling += 1
+            youngest = obj.modified if youngest is None else max(youngest, obj.modified)
             continue
         if len(new) >= limit:
             report.remaining = True
             break
         table_id, reason = route(obj.key, registry, folders)
         new.append(LandedFile(obj.key, landing.checksum(obj.key), obj.size, obj.version, table_id, reason))
-    entries, report.duplicates = ledger.record(new)
-    for e in entries:
+    if youngest is not None:
+        report.settled_at = youngest + settle_seconds
+    recorded = ledger.record(new)
+    report.identical = recorded.identical
+    for e in recorded.entries:
         if e.table_id:
             report.recorded[e.table_id] = report.recorded.get(e.table_id, 0) + 1
         else:
             report.unroutable.append((e.key, e.reason or "unroutable"))
+    report.content_duplicates += [(e.key, e.duplicate_of) for e in recorded.duplicates]
     return report

@@ -14,6 +14,7 @@ class ListedObject:
     key: str  # relative to the landing root, '/'-separated
     size: int
     version: str  # changes when the object is rewritten (mtime+size locally, ETag on S3)
+    modified: float  # epoch seconds of the last write (mtime, or ctime if later, locally; LastModified on S3)
 
 
 class LandingZone(Protocol):
@@ -43,7 +44,10 @@ class LocalLandingZone:
                     elif e.is_file(follow_symlinks=False) and not e.name.startswith("."):
                         st = e.stat()
                         key = Path(e.path).relative_to(self.root).as_posix()
-                        yield ListedObject(key, st.st_size, f"{st.st_mtime_ns}:{st.st_size}")
+                        # A copy that keeps the source's mtime (cp -p, rsync -t) sets an old mtime
+                        # when it finishes; the inode change time still says it was just written.
+                        modified = max(st.st_mtime, st.st_ctime)
+                        yield ListedObject(key, st.st_size, f"{st.st_mtime_ns}:{st.st_size}", modified)
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
@@ -73,7 +77,7 @@ class S3LandingZone:
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(self.prefix) :]
                 if key and not key.endswith("/"):
-                    yield ListedObject(key, obj["Size"], obj["ETag"].strip('"'))
+                    yield ListedObject(key, obj["Size"], obj["ETag"].strip('"'), obj["LastModified"].timestamp())
 
     def read(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
