@@ -18,7 +18,7 @@ from pathlib import Path
 from dagster import AssetKey, AssetSpec, Definitions, MetadataValue, definitions, multiprocess_executor
 
 from lake_assets.assets import source_aligned_assets
-from lake_assets.core.registry import Registry, RegistryFileError, load_registry
+from lake_assets.core.registry import Registry, load_registry
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor
 from resources.lake import LakeResource, MergeEngineResource
