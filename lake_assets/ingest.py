@@ -58,11 +58,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--retry-failed", action="store_true", help="retry files that failed before")
     args = p.parse_args(argv)
-    from lake_assets.definitions import build_definitions
+    # Source-aligned assets only: neither dagster-dbt nor the dbt manifest is touched here.
+    from lake_assets.definitions import build_definitions, gc_paused
     from lake_assets.core.registry import load_registry
 
-    registry = load_registry()
-    defs = build_definitions(registry, with_dbt=False)
+    with gc_paused(freeze=True):  # the registry and definitions live as long as the command
+        registry = load_registry()
+        defs = build_definitions(registry, with_dbt=False)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed)
     r = out.arrivals

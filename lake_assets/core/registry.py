@@ -1,20 +1,27 @@
 """The table registry: one YAML per operational source, validated once at load.
 
 Errors name the file, the table and the field, so a bad entry in one of hundreds of YAML files is
-found at once.
+found at once. A bad file fails its own source only: `load_registry` loads every valid file and
+collects the errors of the others in `Registry.errors` (`strict=True` raises instead).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import re
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
+import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from lake_assets.core import naming
 from lake_assets.core.naming import (
     QUARANTINE_SUFFIX,
     TOMBSTONE_SUFFIX,
@@ -30,12 +37,33 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x fas
 COLUMN_TYPE = re.compile(
     r"^(string|int|long|float|double|boolean|date|timestamp|timestamptz|binary|decimal\(\s*\d+\s*,\s*\d+\s*\))$"
 )
+# Types the merge orders by kind (numbers numerically, dates and instants as such); a string
+# sequence holds an integer or decimal number of any width (DMS $AR_H_CHANGE_SEQ has 35 digits).
+SEQUENCE_TYPE = re.compile(r"^(int|long|string|date|timestamp|timestamptz|decimal\(\d+,\d+\))$")
+SEQUENCE_TYPES_TEXT = (
+    "int, long, decimal(p,s), string (holding an integer or decimal number), date, timestamp or timestamptz"
+)
 TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[\d+\]|truncate\[\d+\])$")
-CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?]+$")
+
+Format = Literal["parquet", "csv"]
+Mode = Literal["current", "history"]
+Engine = Literal["inprocess", "spark"]
 
 
 class RegistryError(ValueError):
     """Invalid registry configuration; the message names file, table and field."""
+
+
+@dataclass(frozen=True)
+class RegistryFileError:
+    """One invalid registry file: none of its tables are loaded; the other files are."""
+
+    path: str
+    source: str | None  # None when the file does not say (unreadable, or not YAML at all)
+    message: str  # names the file, the table and the field
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class _Strict(BaseModel):
@@ -83,87 +111,198 @@ class CsvOptions(_Strict):
     quote: str = '"'
 
 
-def _check_cron(v: str | None) -> str | None:
+# ---------------------------------------------------------------------------------------------
+# Rules shared by the YAML entry (TableSpec) and the resolved table (TableConfig)
+
+# (name, low, high, names) of the five cron fields; what Dagster's scheduler accepts, no more, so a
+# registry that loads never makes the code location fail on a schedule.
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+_CRON_ITEM = re.compile(r"^(?P<range>\*|\?|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/(?P<step>\d+))?$")
+
+
+def _cron_value(text: str, low: int, high: int, names: tuple[str, ...]) -> int | None:
+    if text.isdigit():
+        v = int(text)
+    elif text in names:
+        v = names.index(text) + (1 if low == 1 else 0)
+    else:
+        return None
+    return v if low <= v <= high else None
+
+
+def _cron_field_problem(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> str | None:
+    for item in text.lower().split(","):
+        m = _CRON_ITEM.match(item)
+        if not m:
+            return f"{name} {item!r} is not a value, a range a-b, '*' or a step x/n"
+        if m["step"] is not None and int(m["step"]) == 0:
+            return f"{name} {item!r} has a step of 0"
+        part = m["range"]
+        if part == "?" and name not in ("day of month", "day of week"):
+            return f"'?' is only allowed for the day of month or week, not the {name}"
+        if part in ("*", "?"):
+            continue
+        bounds = [_cron_value(b, low, high, names) for b in part.split("-")]
+        if None in bounds:
+            return f"{name} {item!r} is outside {low}-{high}" + (f" (or {names[0].upper()}-{names[-1].upper()})" if names else "")
+        if len(bounds) == 2 and bounds[0] > bounds[1]:
+            return f"{name} range {part!r} runs backwards"
+    return None
+
+
+def check_cron(v: str | None) -> str | None:
+    """A refresh cadence: None, 'on_arrival' or a 5-field cron expression Dagster can schedule."""
     if v is None or v == "on_arrival":
         return v
     parts = v.split()
-    if len(parts) != 5 or not all(CRON_FIELD.match(p) for p in parts):
-        raise ValueError(f"refresh {v!r} is neither a 5-field cron expression nor 'on_arrival'")
+    if len(parts) != 5:
+        raise ValueError(f"refresh {v!r} is neither a 5-field cron expression (minute hour day month weekday) nor 'on_arrival'")
+    for text, (name, low, high, names) in zip(parts, _CRON_FIELDS):
+        problem = _cron_field_problem(text, name, low, high, names)
+        if problem:
+            raise ValueError(f"refresh {v!r} is not a valid cron expression: {problem}")
+    if parts[3].lower() in ("2", "feb") and parts[2] in ("30", "31"):
+        raise ValueError(f"refresh {v!r} never fires: February has no day {parts[2]}")
     return v
+
+
+def _columns_problem(columns: tuple[ColumnSpec, ...] | None) -> str | None:
+    if columns is None:
+        return None
+    names = [c.name for c in columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    return f"duplicate column(s) {dupes}" if dupes else None
+
+
+def _undeclared(info: ValidationInfo, names: tuple[str, ...]) -> None:
+    """Raise when a column the field names is not in the table's declared columns (if any)."""
+    columns = info.data.get("columns")
+    if columns is None:  # no column list (columns come from the files), or the list itself is invalid
+        return
+    known = {c.name for c in columns}
+    missing = [c for c in names if c not in known]
+    if missing:
+        raise ValueError(f"column(s) {missing} are not in columns")
+
+
+def _sequence_problem(info: ValidationInfo, column: str | None) -> None:
+    if column is None:
+        return
+    _undeclared(info, (column,))
+    for c in info.data.get("columns") or ():
+        if c.name == column and not SEQUENCE_TYPE.match(c.type):
+            raise ValueError(
+                f"column {column!r} has type {c.type}, which the merge cannot order by kind; "
+                f"a sequence_by column must be {SEQUENCE_TYPES_TEXT}"
+            )
+
+
+def _primary_key_problem(v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+    if not v:
+        raise ValueError("primary_key needs at least one column")
+    for c in v:
+        check_identifier(c, "primary key column")
+    _undeclared(info, v)
+    return v
+
+
+def _table_name(v: str) -> str:
+    check_identifier(v, "table name")
+    if v.endswith(TOMBSTONE_SUFFIX) or v.endswith(QUARANTINE_SUFFIX):
+        raise ValueError(f"table name {v!r} is reserved for the lake's own tables")
+    return v
+
+
+class _TableRules(_Strict):
+    """Field checks of a table, shared by the YAML entry and the resolved config. Fields are
+    validated in declaration order, so `columns` comes first and the others check against it."""
+
+    @field_validator("columns", check_fields=False)
+    @classmethod
+    def _columns(cls, v):
+        problem = _columns_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _table_name(v)
+
+    @field_validator("primary_key", check_fields=False)
+    @classmethod
+    def _pk(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        return _primary_key_problem(v, info)
+
+    @field_validator("sequence_by", check_fields=False)
+    @classmethod
+    def _sequence_by(cls, v: str | None, info: ValidationInfo) -> str | None:
+        _sequence_problem(info, v)
+        return v
+
+    @field_validator("pii", check_fields=False)
+    @classmethod
+    def _pii(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        _undeclared(info, v)
+        return v
+
+    @field_validator("partition_by", check_fields=False)
+    @classmethod
+    def _partition_by(cls, v: tuple[PartitionField, ...], info: ValidationInfo) -> tuple[PartitionField, ...]:
+        _undeclared(info, tuple(p.column for p in v))
+        return v
+
+    @field_validator("refresh", check_fields=False)
+    @classmethod
+    def _refresh(cls, v: str | None) -> str | None:
+        return check_cron(v)
 
 
 class TableDefaults(_Strict):
     """Settings a source sets once for all its tables; a table may override each."""
 
-    format: Literal["parquet", "csv"] = "parquet"
+    format: Format = "parquet"
     csv: CsvOptions = CsvOptions()
-    mode: Literal["current", "history"] = "current"
-    engine: Literal["inprocess", "spark"] = "inprocess"
+    mode: Mode = "current"
+    engine: Engine = "inprocess"
     refresh: str | None = "on_arrival"
     tombstone_retention_days: int = Field(default=7, ge=0)
     quarantine_max_rate: float = Field(default=0.01, ge=0, le=1)
     owners: tuple[str, ...] = ()
 
-    _cron = field_validator("refresh")(classmethod(lambda cls, v: _check_cron(v)))
+    @field_validator("refresh")
+    @classmethod
+    def _refresh(cls, v: str | None) -> str | None:
+        return check_cron(v)
 
 
-class TableSpec(_Strict):
+class TableSpec(_TableRules):
+    """One entry of a source file's `tables:`, as written (None = inherit the source default)."""
+
+    columns: tuple[ColumnSpec, ...] | None = None
     name: str
     schema_: str = Field(alias="schema")
     source_table: str | None = None  # folder name in the landing zone when it differs from name
     primary_key: tuple[str, ...]
     sequence_by: str | None = None
-    columns: tuple[ColumnSpec, ...] | None = None
     partition_by: tuple[PartitionField, ...] = ()
     pii: tuple[str, ...] = ()
     description: str | None = None
-    # Overrides of the source defaults (None = inherit).
-    format: Literal["parquet", "csv"] | None = None
+    format: Format | None = None
     csv: CsvOptions | None = None
-    mode: Literal["current", "history"] | None = None
-    engine: Literal["inprocess", "spark"] | None = None
+    mode: Mode | None = None
+    engine: Engine | None = None
     refresh: str | None = None
     tombstone_retention_days: int | None = Field(default=None, ge=0)
     quarantine_max_rate: float | None = Field(default=None, ge=0, le=1)
     owners: tuple[str, ...] | None = None
-
-    _cron = field_validator("refresh")(classmethod(lambda cls, v: _check_cron(v)))
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        check_identifier(v, "table name")
-        if v.endswith(TOMBSTONE_SUFFIX) or v.endswith(QUARANTINE_SUFFIX):
-            raise ValueError(f"table name {v!r} is reserved for the lake's own tables")
-        return v
-
-    @field_validator("primary_key")
-    @classmethod
-    def _pk(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v:
-            raise ValueError("primary_key needs at least one column")
-        for c in v:
-            check_identifier(c, "primary key column")
-        return v
-
-    @model_validator(mode="after")
-    def _columns_known(self) -> "TableSpec":
-        if self.columns is not None:
-            names = [c.name for c in self.columns]
-            dupes = {n for n in names if names.count(n) > 1}
-            if dupes:
-                raise ValueError(f"columns: duplicate column(s) {sorted(dupes)}")
-            known = set(names)
-            for field_name, cols in (
-                ("primary_key", self.primary_key),
-                ("pii", self.pii),
-                ("sequence_by", (self.sequence_by,) if self.sequence_by else ()),
-                ("partition_by", tuple(p.column for p in self.partition_by)),
-            ):
-                missing = [c for c in cols if c not in known]
-                if missing:
-                    raise ValueError(f"{field_name}: column(s) {missing} are not in columns")
-        return self
 
 
 class SourceSpec(_Strict):
@@ -178,29 +317,51 @@ class SourceSpec(_Strict):
         return check_identifier(v, "source name")
 
 
-@dataclass(frozen=True)
-class TableConfig:
-    """One registry table with the source defaults applied: what every engine and asset reads."""
+class TableConfig(_TableRules):
+    """One registry table with the source defaults applied: what every engine and asset reads.
 
+    Validated like the YAML it comes from, so a TableConfig built in code (tests, the Spark job's
+    spec) obeys the same rules as one loaded from a file."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    columns: tuple[ColumnSpec, ...] | None
     source: str
     name: str
-    schema: str
+    # `schema` would shadow BaseModel.schema; the field is `schema_`, read and written as `schema`.
+    schema_: str = Field(alias="schema")
     source_table: str
     primary_key: tuple[str, ...]
     sequence_by: str | None
-    columns: tuple[ColumnSpec, ...] | None
     partition_by: tuple[PartitionField, ...]
     pii: tuple[str, ...]
-    format: str
+    format: Format
     csv: CsvOptions
-    mode: str
-    engine: str
+    mode: Mode
+    engine: Engine
     refresh: str | None
-    tombstone_retention_days: int
-    quarantine_max_rate: float
+    tombstone_retention_days: int = Field(ge=0)
+    quarantine_max_rate: float = Field(ge=0, le=1)
     owners: tuple[str, ...]
     description: str | None
     config_file: str
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return check_identifier(v, "source name")
+
+    @model_validator(mode="after")
+    def _csv_needs_columns(self) -> "TableConfig":
+        if self.format == "csv" and not self.csv.header and self.columns is None:
+            raise ValueError("field columns: header-less CSV needs the ordered column list")
+        return self
+
+    @property
+    def schema(self) -> str:  # type: ignore[override]
+        return self.schema_
 
     @property
     def identifier(self) -> str:
@@ -215,45 +376,26 @@ class TableConfig:
         """Folder of this table in the landing zone, relative to the landing root."""
         return f"{self.source}/{self.schema}/{self.source_table}/"
 
+    @property
+    def landing_folder(self) -> tuple[str, str, str]:
+        """(source, schema, source_table): the landing folder a file is routed by."""
+        return (self.source, self.schema, self.source_table)
+
     def to_json_dict(self) -> dict:
         """Plain form handed to out-of-process engines (the Spark job)."""
-        return {
-            "source": self.source,
-            "name": self.name,
-            "schema": self.schema,
-            "source_table": self.source_table,
-            "primary_key": list(self.primary_key),
-            "sequence_by": self.sequence_by,
-            "columns": [c.model_dump() for c in self.columns] if self.columns is not None else None,
-            "partition_by": [p.model_dump() for p in self.partition_by],
-            "pii": list(self.pii),
-            "format": self.format,
-            "csv": self.csv.model_dump(),
-            "mode": self.mode,
-            "engine": self.engine,
-            "refresh": self.refresh,
-            "tombstone_retention_days": self.tombstone_retention_days,
-            "quarantine_max_rate": self.quarantine_max_rate,
-            "owners": list(self.owners),
-            "description": self.description,
-            "config_file": self.config_file,
-        }
+        return self.model_dump(mode="json", by_alias=True)
 
     @classmethod
     def from_json_dict(cls, d: dict) -> "TableConfig":
-        d = dict(d)
-        d["primary_key"] = tuple(d["primary_key"])
-        d["columns"] = tuple(ColumnSpec(**c) for c in d["columns"]) if d.get("columns") is not None else None
-        d["partition_by"] = tuple(PartitionField(**p) for p in d["partition_by"])
-        d["pii"] = tuple(d["pii"])
-        d["csv"] = CsvOptions(**d["csv"])
-        d["owners"] = tuple(d["owners"])
-        return cls(**d)
+        return cls.model_validate(d)
 
 
 @dataclass(frozen=True)
 class Registry:
+    """The valid tables of every registry file, and the errors of the files that are not valid."""
+
     tables: tuple[TableConfig, ...]
+    errors: tuple[RegistryFileError, ...] = ()
 
     def by_source(self) -> dict[str, list[TableConfig]]:
         out: dict[str, list[TableConfig]] = {}
@@ -269,75 +411,165 @@ class Registry:
 
     def for_landing_folder(self) -> dict[tuple[str, str, str], TableConfig]:
         """(source, schema, source_table) -> table, to route a landed file to its table."""
-        return {(t.source, t.schema, t.source_table): t for t in self.tables}
+        return {t.landing_folder: t for t in self.tables}
+
+    def error_for_source(self, source: str) -> RegistryFileError | None:
+        """The error of an invalid registry file declaring `source`, if any: why a file landed for
+        that source may route nowhere ("source X's registry file is invalid: ...")."""
+        return next((e for e in self.errors if e.source == source), None)
+
+    def raise_for_errors(self) -> "Registry":
+        """The old all-or-nothing behaviour: raise RegistryError naming every invalid file."""
+        if self.errors:
+            raise RegistryError("\n".join(e.message for e in self.errors))
+        return self
 
 
-def _format_validation_error(path: Path, raw: dict, err: ValidationError) -> str:
+# ---------------------------------------------------------------------------------------------
+# Loading one file
+
+
+class _FileResult(NamedTuple):
+    """What one file yields on its own (before the checks across files): tables or an error."""
+
+    source: str | None
+    tables: tuple[TableConfig, ...]
+    error: str | None
+
+
+_SOURCE_LINE = re.compile(r"""^source:\s*["']?([a-z][a-z0-9_]*)["']?\s*(?:#.*)?$""", re.MULTILINE)
+
+
+def _source_of(raw: object, text: str) -> str | None:
+    """The source a file declares, even when the file is invalid (a YAML error elsewhere)."""
+    if isinstance(raw, dict):
+        source = raw.get("source")
+        return source if isinstance(source, str) and naming.IDENTIFIER.match(source) else None
+    m = _SOURCE_LINE.search(text)
+    return m.group(1) if m else None
+
+
+def _format_validation_error(path: Path, raw: dict, err: ValidationError, table: str | None = None) -> str:
     lines = []
     tables = raw.get("tables") if isinstance(raw, dict) else None
     for e in err.errors():
         loc = list(e["loc"])
-        where = f"{path}"
-        if len(loc) >= 2 and loc[0] == "tables" and isinstance(loc[1], int):
+        where = f"{path}" + (f": table {table!r}" if table else "")
+        if table is None and len(loc) >= 2 and loc[0] == "tables" and isinstance(loc[1], int):
             name = None
             if isinstance(tables, list) and loc[1] < len(tables) and isinstance(tables[loc[1]], dict):
                 name = tables[loc[1]].get("name")
             where += f": table {name!r}" if name else f": tables[{loc[1]}]"
             loc = loc[2:]
-        field = ".".join(str(p) for p in loc) or "(entry)"
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: field {field}: {msg}")
+        field = ".".join(str(p) for p in loc)
+        lines.append(f"{where}: field {field}: {msg}" if field else f"{where}: {msg}")
     return "\n".join(lines)
 
 
-def load_source_file(path: Path) -> list[TableConfig]:
+def _parse_source_file(path: Path, text: str) -> _FileResult:
     try:
-        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+        raw = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as e:
-        raise RegistryError(f"{path}: not valid YAML: {e}") from e
+        return _FileResult(_source_of(None, text), (), f"{path}: not valid YAML: {e}")
+    source = _source_of(raw, text)
     if not isinstance(raw, dict):
-        raise RegistryError(f"{path}: expected a mapping with 'source' and 'tables'")
+        return _FileResult(source, (), f"{path}: expected a mapping with 'source' and 'tables'")
     try:
         spec = SourceSpec.model_validate(raw)
     except ValidationError as e:
-        raise RegistryError(_format_validation_error(path, raw, e)) from None
+        return _FileResult(source, (), _format_validation_error(path, raw, e))
     except NamingError as e:
-        raise RegistryError(f"{path}: {e}") from None
+        return _FileResult(source, (), f"{path}: {e}")
     d = spec.defaults
-    out = []
+    out, problems = [], []
     for t in spec.tables:
         def pick(name):
             v = getattr(t, name)
             return getattr(d, name) if v is None else v
 
-        out.append(
-            TableConfig(
-                source=spec.source,
-                name=t.name,
-                schema=t.schema_,
-                source_table=t.source_table or t.name,
-                primary_key=t.primary_key,
-                sequence_by=t.sequence_by,
-                columns=t.columns,
-                partition_by=t.partition_by,
-                pii=t.pii,
-                format=pick("format"),
-                csv=pick("csv"),
-                mode=pick("mode"),
-                engine=pick("engine"),
-                refresh=pick("refresh"),
-                tombstone_retention_days=pick("tombstone_retention_days"),
-                quarantine_max_rate=pick("quarantine_max_rate"),
-                owners=pick("owners"),
-                description=t.description,
-                config_file=str(path),
+        try:
+            out.append(
+                TableConfig(
+                    source=spec.source,
+                    name=t.name,
+                    schema=t.schema_,
+                    source_table=t.source_table or t.name,
+                    primary_key=t.primary_key,
+                    sequence_by=t.sequence_by,
+                    columns=t.columns,
+                    partition_by=t.partition_by,
+                    pii=t.pii,
+                    format=pick("format"),
+                    csv=pick("csv"),
+                    mode=pick("mode"),
+                    engine=pick("engine"),
+                    refresh=pick("refresh"),
+                    tombstone_retention_days=pick("tombstone_retention_days"),
+                    quarantine_max_rate=pick("quarantine_max_rate"),
+                    owners=pick("owners"),
+                    description=t.description,
+                    config_file=str(path),
+                )
             )
-        )
-        if out[-1].format == "csv" and not out[-1].csv.header and out[-1].columns is None:
-            raise RegistryError(
-                f"{path}: table {t.name!r}: field columns: header-less CSV needs the ordered column list"
-            )
-    return out
+        except ValidationError as e:  # a rule of the table with its source defaults applied
+            problems.append(_format_validation_error(path, raw, e, table=t.name))
+    if problems:
+        return _FileResult(source, (), "\n".join(problems))
+    return _FileResult(spec.source, tuple(out), None)
+
+
+def load_source_file(path: Path) -> list[TableConfig]:
+    """The tables of one source file; raises RegistryError when the file is invalid."""
+    result = _parse_source_file(path, path.read_bytes().decode("utf-8"))
+    if result.error:
+        raise RegistryError(result.error)
+    return list(result.tables)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parsed-file cache: PyYAML object construction is most of a 3,000-table load
+
+
+def _code_version() -> str:
+    """Parsed files are reused only by the code that parsed them: a changed rule re-validates."""
+    h = hashlib.blake2b(digest_size=16)
+    for module in (sys.modules[__name__], naming):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(f"{pydantic.VERSION} {sys.version}".encode())
+    return h.hexdigest()
+
+
+def registry_cache_path() -> Path:
+    from lake_assets.core.deployment import lake_home
+
+    return lake_home() / "cache" / "registry.pickle"
+
+
+def _read_cache(path: Path, version: str) -> dict[str, tuple[str, _FileResult]]:
+    try:
+        with path.open("rb") as f:
+            data = pickle.load(f)
+    except Exception:  # noqa: BLE001 - missing, truncated or written by other code: parse again
+        return {}
+    if not isinstance(data, dict) or data.get("version") != version:
+        return {}
+    return data["files"]
+
+
+def _write_cache(path: Path, version: str, files: dict[str, tuple[str, _FileResult]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".registry-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({"version": version, "files": files}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)  # readers see the old cache or the new one, never half of one
+    except OSError:
+        pass  # a read-only LAKE_HOME only costs the parse next time
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the registry
 
 
 def source_dirs() -> list[Path]:
@@ -348,25 +580,85 @@ def source_dirs() -> list[Path]:
     return dirs
 
 
-def load_registry(dirs: list[Path] | None = None) -> Registry:
-    tables: list[TableConfig] = []
-    seen: dict[str, str] = {}
-    folders: dict[tuple[str, str, str], str] = {}
-    for d in dirs if dirs is not None else source_dirs():
+def _source_files(dirs: list[Path], errors: list[RegistryFileError]) -> list[Path]:
+    files, seen = [], set()
+    for d in dirs:
         if not d.is_dir():
-            raise RegistryError(f"{d}: sources directory does not exist (LAKE_SOURCES_DIR?)")
-        for path in sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml"))):
-            for t in load_source_file(path):
-                if t.identifier in seen:
-                    raise RegistryError(
-                        f"{path}: table {t.name!r}: {t.identifier} is already declared in {seen[t.identifier]}"
-                    )
-                folder = (t.source, t.schema, t.source_table)
-                if folder in folders:
-                    raise RegistryError(
-                        f"{path}: table {t.name!r}: landing folder {t.landing_prefix} is already used by {folders[folder]}"
-                    )
-                seen[t.identifier] = str(path)
-                folders[folder] = t.identifier
-                tables.append(t)
-    return Registry(tuple(tables))
+            errors.append(RegistryFileError(str(d), None, f"{d}: sources directory does not exist (LAKE_SOURCES_DIR?)"))
+            continue
+        if d.resolve() in seen:  # the same directory listed twice is not every table declared twice
+            continue
+        seen.add(d.resolve())
+        files += sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml")))
+    return files
+
+
+def load_registry(dirs: list[Path] | None = None, *, strict: bool = False, cache: bool | Path = True) -> Registry:
+    """Every valid registry file's tables, and the errors of the invalid files (in load order).
+
+    A table declared twice, or a landing folder used twice, is an error of the later file. With
+    `strict`, any error raises RegistryError instead. `cache` (True: $LAKE_HOME/cache/registry.pickle,
+    or a path) reuses the parsed form of files whose content is unchanged; it is keyed by each file's
+    path and content digest, so an edited file is always parsed again."""
+    errors: list[RegistryFileError] = []
+    files = _source_files(dirs if dirs is not None else source_dirs(), errors)
+
+    cache_path = (cache if isinstance(cache, Path) else registry_cache_path()) if cache else None
+    version = _code_version() if cache_path else ""
+    cached = _read_cache(cache_path, version) if cache_path else {}
+    parsed: dict[str, tuple[str, _FileResult]] = {}  # path -> (content digest, what the file yields)
+    misses = 0
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            errors.append(RegistryFileError(str(path), None, f"{path}: cannot be read: {e}"))
+            continue
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        hit = cached.get(str(path))
+        if hit is not None and hit[0] == digest:
+            parsed[str(path)] = hit
+            continue
+        misses += 1
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            parsed[str(path)] = (digest, _FileResult(None, (), f"{path}: not UTF-8 text: {e}"))
+            continue
+        parsed[str(path)] = (digest, _parse_source_file(path, text))
+    if cache_path:
+        # Other registries (tests, LAKE_SOURCES_DIR variants) share the cache; files gone are dropped.
+        kept = {k: v for k, v in cached.items() if k not in parsed and Path(k).is_file()}
+        if misses or len(kept) + len(parsed.keys() & cached.keys()) != len(cached):
+            _write_cache(cache_path, version, {**kept, **parsed})
+
+    tables: list[TableConfig] = []
+    declared: dict[str, str] = {}  # table identifier -> file
+    folders: dict[tuple[str, str, str], str] = {}  # landing folder -> table identifier
+    for path_text, (_, result) in parsed.items():
+        if result.error:
+            errors.append(RegistryFileError(path_text, result.source, result.error))
+            continue
+        problems = []
+        mine: dict[str, str] = {}
+        my_folders: dict[tuple[str, str, str], str] = {}
+        for t in result.tables:
+            where = declared.get(t.identifier) or (path_text if t.identifier in mine else None)
+            used_by = folders.get(t.landing_folder) or my_folders.get(t.landing_folder)
+            if where:
+                problems.append(f"{path_text}: table {t.name!r}: field name: {t.identifier} is already declared in {where}")
+            elif used_by:
+                problems.append(
+                    f"{path_text}: table {t.name!r}: field source_table: landing folder {t.landing_prefix} "
+                    f"is already used by {used_by}"
+                )
+            mine[t.identifier] = path_text
+            my_folders.setdefault(t.landing_folder, t.identifier)
+        if problems:
+            errors.append(RegistryFileError(path_text, result.source, "\n".join(problems)))
+            continue
+        declared.update(mine)
+        folders.update(my_folders)
+        tables.extend(result.tables)
+    registry = Registry(tuple(tables), tuple(errors))
+    return registry.raise_for_errors() if strict else registry

@@ -3,7 +3,6 @@ exactly-once runner next to the in-process engine, schema drift, re-runs and an 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import decimal
 import json
@@ -117,7 +116,7 @@ RESULT_FIELDS = ("files", "rows_read", "inserted", "updated", "deleted", "append
 
 def test_travel_tables_through_the_runner_match_inprocess(spark_lake, tmp_path):
     reg = load_registry()
-    tables = [dataclasses.replace(reg.get("travel", n), engine="spark") for n in ("bookings", "payments", "booking_status_history")]
+    tables = [reg.get("travel", n).model_copy(update={"engine": "spark"}) for n in ("bookings", "payments", "booking_status_history")]
     landing = tmp_path / "landing"
     inproc_catalog = sql_catalog(tmp_path / "inprocess")
     ledgers = {"inprocess": sqlite_ledger(tmp_path / "inprocess-ledger.db"), "spark": sqlite_ledger(tmp_path / "spark-ledger.db")}

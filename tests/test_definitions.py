@@ -1,0 +1,276 @@
+"""The code location: a snapshot of the demo registry's asset specs (what a reviewer sees change in a
+diff), the refresh schedules evaluated against a ledger, a broken registry file shown in the UI
+while every other source loads, and definitions built only when Dagster asks for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+from lake_assets.core.arrivals import record_arrivals
+from lake_assets.core.registry import BUILTIN_SOURCES_DIR, load_registry
+from lake_assets.definitions import REGISTRY_ERRORS_GROUP, build_definitions
+from resources.lake import LakeResource
+from tests.lakehelpers import make_lake
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKS = ["ledger_reconciled", "quarantine_rate", "unique_primary_key"]
+OWNERS = ["data-platform@example.com"]
+TRAVEL = "lake_assets/sources/travel.yaml"
+
+
+def _spec(table, schema, folder, mode, pk, seq, description):
+    return {
+        "group": "travel", "kinds": ["duckdb", "iceberg"], "op": "merge_travel", "pools": ["merge_travel"],
+        "owners": OWNERS, "checks": CHECKS, "tags": {"lake/engine": "inprocess", "lake/mode": mode},
+        "description": description,
+        "metadata": {"iceberg_table": f"travel.{table}", "primary_key": pk, "sequence_by": seq,
+                     "landing_prefix": f"travel/{schema}/{folder}/", "registry_file": TRAVEL},
+    }
+
+
+# The demo registry as the asset catalog shows it. Change it together with travel.yaml or the factory.
+DEMO_SNAPSHOT = {
+    "source_aligned/travel/booking_status_history": _spec(
+        "booking_status_history", "booking", "bookings_audit", "history", "audit_id", "(file, row)",
+        "Audit trail of booking status changes"),
+    "source_aligned/travel/bookings": _spec(
+        "bookings", "booking", "bookings", "current", "booking_id", "change_seq", "Hotel bookings"),
+    "source_aligned/travel/customers": _spec(
+        "customers", "booking", "customers", "current", "customer_id", "change_seq", "Customer accounts"),
+    "source_aligned/travel/hotels": _spec(
+        "hotels", "booking", "hotels", "current", "hotel_id", "(file, row)", "Hotels on sale"),
+    "source_aligned/travel/payments": _spec(
+        "payments", "billing", "payments", "current", "payment_id", "(file, row)", "Card payments for bookings"),
+    "source_aligned/travel/promotions": _spec(
+        "promotions", "booking", "promotions", "current", "promotion_id", "(file, row)", "Discount codes"),
+}
+
+
+def snapshot(defs: dg.Definitions) -> dict[str, dict]:
+    graph = defs.resolve_asset_graph()
+    out = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        metadata = {k: getattr(v, "value", v) for k, v in node.metadata.items()}
+        if "registry_file" in metadata:
+            metadata["registry_file"] = Path(metadata["registry_file"]).relative_to(REPO).as_posix()
+        out[key.to_user_string()] = {
+            "group": node.group_name,
+            "kinds": sorted(node.kinds),
+            "op": node.assets_def.node_def.name,
+            "pools": sorted(node.pools),
+            "owners": list(node.owners),
+            "checks": sorted(c.name for c in node.check_keys),
+            "tags": {k: v for k, v in node.tags.items() if not k.startswith("dagster/kind/")},
+            "description": node.description,
+            "metadata": metadata,
+        }
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _lake_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path / "lake"))
+    monkeypatch.setenv("LAKE_ENV", "local")
+    monkeypatch.delenv("LAKE_SOURCES_DIR", raising=False)
+
+
+def test_demo_registry_asset_specs_snapshot():
+    defs = build_definitions(load_registry([BUILTIN_SOURCES_DIR]), with_dbt=False)
+    assert snapshot(defs) == DEMO_SNAPSHOT
+    graph = defs.resolve_asset_graph()
+    assert all(graph.get(dg.AssetKey(k.split("/"))).is_materializable for k in DEMO_SNAPSHOT)
+    (op,) = {graph.get(dg.AssetKey(k.split("/"))).assets_def for k in DEMO_SNAPSHOT}
+    assert op.can_subset  # one op per source, any table materializable alone
+    assert [s.name for s in defs.sensors] == ["landing_sensor"] and list(defs.schedules) == []
+    assert sorted(defs.resources) == ["lake", "merge_engine"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Refresh schedules
+
+SCHEDULED = """
+source: shop
+defaults: {refresh: "*/10 * * * *"}
+tables:
+  - name: orders
+    schema: app
+    primary_key: [order_id]
+    columns: [{name: order_id, type: long}, {name: total, type: double}]
+  - name: refunds
+    schema: app
+    primary_key: [refund_id]
+    columns: [{name: refund_id, type: long}, {name: amount, type: double}]
+  - name: daily_rates
+    schema: app
+    primary_key: [rate_id]
+    refresh: "0 6 * * MON-FRI"
+    columns: [{name: rate_id, type: long}, {name: rate, type: double}]
+  - name: events
+    schema: app
+    primary_key: [event_id]
+    refresh: on_arrival
+    columns: [{name: event_id, type: long}]
+"""
+
+
+def test_refresh_schedules_request_only_tables_with_pending_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path))
+    lake = make_lake(tmp_path, {"shop": SCHEDULED})
+    defs = build_definitions(lake.registry, with_dbt=False)
+    schedules = {s.name: s for s in defs.schedules}
+    assert {n: s.cron_schedule for n, s in schedules.items()} == {
+        "refresh_0_6_mon_fri": "0 6 * * MON-FRI", "refresh_10": "*/10 * * * *"}  # none for on_arrival
+
+    write_dms_file(lake.landing / "shop" / "app" / "orders" / load_file_name(1), [{"order_id": 1, "total": 9.5}],
+                   [("order_id", "long"), ("total", "double")], cdc=False)
+    write_dms_file(lake.landing / "shop" / "app" / "events" / cdc_file_name(dt.datetime(2026, 11, 21, 10)),
+                   [{"Op": "I", "event_id": 1}], [("event_id", "long")], cdc=True)
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        def tick(name):
+            return schedules[name](dg.build_schedule_context(instance=instance, resources={"lake": LakeResource()}))
+
+        ten = tick("refresh_10")
+        assert isinstance(ten, dg.RunRequest)
+        assert ten.asset_selection == [dg.AssetKey(["source_aligned", "shop", "orders"])]  # refunds has nothing pending
+        daily = tick("refresh_0_6_mon_fri")
+        assert isinstance(daily, dg.SkipReason) and "no pending files" in daily.skip_message
+
+
+# ---------------------------------------------------------------------------------------------
+# A broken registry file: the other sources load, the error is shown
+
+BROKEN = """
+source: crm
+tables:
+  - name: contacts
+    schema: dbo
+    primary_key: [contact_id]
+    sequence_by: score
+    columns: [{name: contact_id, type: long}, {name: score, type: double}]
+"""
+
+SHOP = """
+source: shop
+tables:
+  - name: orders
+    schema: app
+    primary_key: [order_id]
+    refresh: "*/10 * * * *"
+    columns: [{name: order_id, type: long}]
+"""
+
+
+def test_a_broken_registry_file_leaves_the_other_sources_and_shows_its_error(tmp_path, caplog):
+    lake = make_lake(tmp_path, {"shop": SHOP, "crm": BROKEN}, builtin=True)
+    with caplog.at_level(logging.ERROR, logger="lake_assets.definitions"):
+        defs = build_definitions(lake.registry, with_dbt=False)
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"source_aligned/shop/orders", *DEMO_SNAPSHOT} <= keys
+    assert not any(k.startswith("source_aligned/crm/") for k in keys)
+    assert [s.name for s in defs.schedules] == ["refresh_10"]
+
+    node = graph.get(dg.AssetKey(["registry", "crm"]))
+    assert node.group_name == REGISTRY_ERRORS_GROUP and not node.is_materializable and not node.is_executable
+    crm_file = str(tmp_path / "sources" / "crm.yaml")
+    message = f"{crm_file}: table 'contacts': field sequence_by: column 'score' has type double"
+    assert message in node.description
+    assert node.metadata["registry_file"].value == crm_file
+    assert node.metadata["source"].value == "crm"
+    assert message in node.metadata["error"].value
+    assert [k for k in keys if k.startswith("registry/")] == ["registry/crm"]
+    assert any(r.levelno == logging.ERROR and message in r.getMessage() for r in caplog.records)
+
+
+def test_broken_files_with_the_same_name_in_two_directories_get_two_keys(tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "crm.yaml").write_text("source: crm\ntables: [\n")
+    defs = build_definitions(load_registry([a, b]), with_dbt=False)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"registry/crm", "registry/crm_2"}
+
+
+def _run(code: str, env: dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_importing_the_code_location_builds_nothing(tmp_path):
+    """workspace.yaml points at a @definitions function: importing the module loads no registry and
+    no dbt; Dagster calls `defs` when it loads the code location."""
+    home = tmp_path / "home"
+    out = _run("""
+        import sys
+        from lake_assets import definitions
+        print(type(definitions.defs).__name__, 'dagster_dbt' in sys.modules, 'lake_assets.dbt_assets' in sys.modules)
+    """, {"LAKE_HOME": str(home)})
+    assert out == "LazyDefinitions False False"
+    assert not (home / "cache").exists()  # the registry was not even read
+    assert "attribute: defs" in (REPO / "workspace.yaml").read_text()
+
+
+def test_the_ingest_command_never_touches_dbt(tmp_path):
+    home = tmp_path / "home"
+    out = _run("""
+        import sys
+        from lake_assets.ingest import main
+        code = main([])
+        print(code, 'dagster_dbt' in sys.modules, 'lake_assets.dbt_assets' in sys.modules)
+    """, {"LAKE_HOME": str(home), "DAGSTER_HOME": ""})
+    assert out.splitlines()[-1] == "0 False False"  # no dagster-dbt import, so no manifest prepared
+    assert "0 new files recorded" in out
+
+
+def test_the_code_location_loads_with_a_broken_registry_file(tmp_path, monkeypatch):
+    """What Dagster loads through workspace.yaml (dbt layers included) with one file broken."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "crm.yaml").write_text(textwrap.dedent(BROKEN))
+    (sources / "shop.yaml").write_text(textwrap.dedent(SHOP))
+    monkeypatch.setenv("LAKE_SOURCES_DIR", str(sources))
+    from lake_assets.definitions import code_location, defs
+
+    code_location.cache_clear()  # built once per process; this test wants its own registry
+    loaded = defs()
+    assert defs() is loaded
+    dg.Definitions.validate_loadable(loaded)
+    graph = loaded.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"source_aligned/shop/orders", "registry/crm", "aggregated/promotion_uptake", *DEMO_SNAPSHOT} <= keys
+    assert graph.get(dg.AssetKey(["registry", "crm"])).group_name == REGISTRY_ERRORS_GROUP
+
+
+def test_dagster_loads_the_workspace_once_with_a_broken_file(tmp_path):
+    """`dagster definitions validate -w workspace.yaml`: the location loads with the broken file's
+    error logged, and is built once although Dagster's loader calls `defs` twice."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "crm.yaml").write_text(textwrap.dedent(BROKEN))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LAKE_SOURCES_DIR": str(sources), "LAKE_HOME": str(tmp_path / "lake"),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    (tmp_path / "dagster_home").mkdir()
+    out = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    logged = [line for line in out.stderr.splitlines() if line.startswith("registry file ")]
+    assert logged == [f"registry file {sources / 'crm.yaml'} is invalid; its tables are not loaded, the other sources are:"]
+    assert "All code locations passed validation" in out.stdout + out.stderr
