@@ -74,12 +74,12 @@ def work(engine: str, home: Path, source: str) -> dict:
     files = landed_files(home / "landing", table, cdc=True)
     started = time.perf_counter()
     if engine == "inprocess":
-        from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+        from lake_assets.core.cdc.inprocess import InProcessEngine
 
         r = InProcessEngine().merge(catalog, table, files, BATCH_ID, now=NOW)
         return {"merge": time.perf_counter() - started, "counts": [r.inserted, r.updated, r.deleted]}
     if engine == "spark":
-        from lake_assets.core.cdc.engines.spark import SparkEngine
+        from lake_assets.core.spark.engine import SparkEngine
         from resources.spark import LocalSpark, plain_launcher
 
         local = LocalSpark(workdir=home / "spark-jobs", master="local[*]", driver_memory=os.environ.get("BENCH_SPARK_MEMORY", "4g"))
@@ -101,7 +101,7 @@ def upsert(catalog, table, files, started: float) -> dict:
 
     from lake_assets.core.cdc.dms import OP
     from lake_assets.core.cdc.iceberg import conform
-    from lake_assets.core.cdc.engines.inprocess import with_lake_columns, read_batch
+    from lake_assets.core.cdc.inprocess import with_lake_columns, read_batch
     from lake_assets.core.cdc.semantics import winners
 
     batch, _ = read_batch(table, files)
@@ -168,7 +168,7 @@ def run_worker(engine: str, home: Path, source: str) -> dict:
 
 def prepare(home: Path, rows: int, engines: list[str], fraction: float) -> dict[str, str]:
     """One landing copy per engine (same bytes), each loaded by the in-process engine."""
-    from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+    from lake_assets.core.cdc.inprocess import InProcessEngine
     from bench.taxi import write_taxi_changes, write_taxi_full_load
 
     landing = home / "landing"

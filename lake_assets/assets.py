@@ -23,7 +23,7 @@ from dagster import (
 )
 from pyiceberg.exceptions import NoSuchTableError
 
-from lake_assets.core.cdc.runner import merge_pending
+from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.cdc.iceberg import committed_batches
 from lake_assets.core.naming import source_pool
 from lake_assets.core.registry import Registry, TableConfig
@@ -37,6 +37,23 @@ QUARANTINE_RATE = "quarantine_rate"
 # Run tags rather than a Config class: building a config schema per asset costs seconds at 3,000 tables.
 RETRY_FAILED_TAG = "lake/retry_failed"  # "true": failed files of the selected tables are retried
 MAX_FILES_TAG = "lake/max_files"  # cap on files per batch
+RELOAD_TAG = "lake/reload"  # "true", or comma-separated source.table ids: their next full load replaces them
+REBUILD_TAG = "lake/rebuild"  # "true", or comma-separated ids: drop and re-derive them from their landed files
+
+
+def _tag_names(tags: dict, tag: str, table: TableConfig) -> bool:
+    value = (tags.get(tag) or "").strip().lower()
+    return value == "true" or table.identifier in {v.strip() for v in value.split(",")}
+
+
+def merge_options(tags: dict, table: TableConfig) -> MergeOptions:
+    """The merge options a run's tags ask for this table."""
+    return MergeOptions(
+        retry_failed=tags.get(RETRY_FAILED_TAG, "false").lower() == "true",
+        max_files=int(tags[MAX_FILES_TAG]) if tags.get(MAX_FILES_TAG) else None,
+        reload=_tag_names(tags, RELOAD_TAG, table),
+        rebuild=_tag_names(tags, REBUILD_TAG, table),
+    )
 
 
 def _check_specs(key: AssetKey, table: TableConfig) -> list[AssetCheckSpec]:
@@ -81,7 +98,9 @@ def build_source_assets(source: str, tables: list[TableConfig]):
         for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
             table = by_key[key]
             try:
-                yield merge_table(context, table, lake, merge_engine)
+                materialized = merge_table(context, table, lake, merge_engine)
+                if materialized is not None:
+                    yield materialized
             except Failure as e:
                 context.log.error(e.description)
                 failures.append(e.description)
@@ -95,15 +114,19 @@ def build_source_assets(source: str, tables: list[TableConfig]):
 def merge_table(context, table: TableConfig, lake: LakeResource, merge_engine: MergeEngineResource):
     engine = merge_engine.engine_for(table, context)
     tags = context.run.tags if context.run else {}
-    retry_failed = tags.get(RETRY_FAILED_TAG, "false").lower() == "true"
-    max_files = int(tags[MAX_FILES_TAG]) if tags.get(MAX_FILES_TAG) else None
     try:
-        results = merge_pending(
+        run = merge_pending(
             table, catalog=lake.catalog, ledger=lake.ledger, landing=lake.landing, engine=engine,
-            retry_failed=retry_failed, max_files=max_files, log=context.log.info,
+            options=merge_options(tags, table), log=context.log.info,
         )
     except Exception as e:  # noqa: BLE001 - any failure fails this table only; its files stay retryable
         raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e
+    if run.busy:
+        context.log.warning(f"{table.identifier}: {run.busy}; its files are merged by that run or the next one")
+        return None
+    for note in run.notes:
+        context.log.info(note)
+    results = run.results
     totals = {k: 0 for k in ("files", "rows_read", "inserted", "updated", "deleted", "appended", "stale_skipped",
                              "tombstone_rejected", "quarantined", "files_read", "files_rewritten")}
     failed: dict[str, str] = {}
@@ -132,6 +155,9 @@ def merge_table(context, table: TableConfig, lake: LakeResource, merge_engine: M
     metadata["failed_files"] = MetadataValue.int(len(failed))
     if failed:
         metadata["failures"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failed.items()))
+        metadata["failed_file_reasons"] = MetadataValue.json(failed)
+    if any(r.reload for r in results):
+        metadata["reload"] = MetadataValue.text("; ".join(r.reload_reason or "reload" for r in results if r.reload))
     if schema_changes:
         metadata["schema_changes"] = MetadataValue.md("\n".join(f"- {c}" for c in schema_changes))
     if snapshot is not None:

@@ -1,9 +1,15 @@
 """Ingest what has landed, once, without the daemon: what the landing sensor plus the runs it requests do.
 
-    python -m lake_assets.ingest [--retry-failed]
+    python -m lake_assets.ingest [--retry-failed] [--reload SOURCE.TABLE ...] [--rebuild SOURCE.TABLE ...]
 
 Records new landing files in the ledger and materializes every source-aligned asset with pending files
-through Dagster (runs appear in the UI when DAGSTER_HOME is set). Exit code 1 if any table failed.
+through Dagster (runs appear in the UI when DAGSTER_HOME is set). It prints, per table, what the
+merge did, then every failed file, failed check and failed table, and exits 1 when there is any
+(or when a registry file is invalid): a run that quarantined everything never looks like a success.
+
+--reload: the table's next batch with full-load (LOAD*) files replaces its contents.
+--rebuild: drop the table and its sidecars and merge every landed file of it again (after a
+registry change of primary key, mode, partitioning or sequence_by, which is refused until then).
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from dagster import AssetKey, DagsterInstance, materialize
 
+from lake_assets.assets import REBUILD_TAG, RELOAD_TAG, RETRY_FAILED_TAG
 from lake_assets.core.arrivals import ArrivalReport, record_arrivals
-from lake_assets.assets import RETRY_FAILED_TAG
 from lake_assets.core.deployment import LakeEnvironment, environment_from_env
 
 
@@ -25,24 +32,72 @@ class IngestOutcome:
     arrivals: ArrivalReport
     metadata: dict[str, dict]  # asset key -> materialization metadata
     success: bool
+    failed_checks: list[str] = field(default_factory=list)  # "<asset key> <check>: <why>"
+    failed_tables: list[str] = field(default_factory=list)  # the failure each failed table reported
+    registry_errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed_files(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for md in self.metadata.values():
+            out.update(md.get("failed_file_reasons") or {})
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return (self.success and not self.failed_checks and not self.failed_files and not self.registry_errors
+                and not self.arrivals.unroutable)
 
 
-def ingest(env: LakeEnvironment, defs, registry, instance=None, retry_failed: bool = False) -> IngestOutcome:
-    report = record_arrivals(env.landing, env.ledger, registry)
+def _named(values: list[str], registry) -> set[str]:
+    known = {t.identifier for t in registry.tables}
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise SystemExit(f"unknown table(s) {', '.join(unknown)}; tables are named source.table, e.g. {next(iter(known), 'shop.orders')}")
+    return set(values)
+
+
+def ingest(env: LakeEnvironment, defs, registry, instance=None, retry_failed: bool = False,
+           reload: set[str] = frozenset(), rebuild: set[str] = frozenset(), settle_seconds: float = 0.0) -> IngestOutcome:
+    report = record_arrivals(env.landing, env.ledger, registry, settle_seconds=settle_seconds)
+    if report.settling and report.settled_at:
+        # A one-shot command: wait (once) for files that are still being written, rather than leave them.
+        time.sleep(max(0.0, report.settled_at - time.time()) + 0.05)
+        report = _combined(report, record_arrivals(env.landing, env.ledger, registry, settle_seconds=settle_seconds))
+    errors = [e.message for e in getattr(registry, "errors", ())]
     pending = env.ledger.tables_with_pending()
-    tables = [t for t in registry.tables if t.identifier in pending or retry_failed]
+    tables = [t for t in registry.tables if t.identifier in pending or retry_failed or t.identifier in reload | rebuild]
     if not tables:
-        return IngestOutcome(report, {}, True)
+        return IngestOutcome(report, {}, True, registry_errors=errors)
     keys = [AssetKey(t.asset_key_path) for t in tables]
-    result = materialize(
-        list(defs.assets), selection=keys, instance=instance, resources=dict(defs.resources),
-        tags={"lake/trigger": "ingest", RETRY_FAILED_TAG: str(retry_failed).lower()}, raise_on_error=False,
-    )
+    tags = {"lake/trigger": "ingest", RETRY_FAILED_TAG: str(retry_failed).lower()}
+    if reload:
+        tags[RELOAD_TAG] = ",".join(sorted(reload))
+    if rebuild:
+        tags[REBUILD_TAG] = ",".join(sorted(rebuild))
+    result = materialize(list(defs.assets), selection=keys, instance=instance, resources=dict(defs.resources),
+                         tags=tags, raise_on_error=False)
     md = {
         ev.materialization.asset_key.to_user_string(): {k: v.value for k, v in ev.materialization.metadata.items()}
         for ev in result.get_asset_materialization_events()
     }
-    return IngestOutcome(report, md, result.success)
+    failed_checks = [
+        f"{ev.asset_key.to_user_string()} {ev.check_name}: "
+        + ", ".join(f"{k} {v.value}" for k, v in ev.metadata.items() if k in ("duplicate_keys", "rate", "max_rate", "missing_from_snapshots", "stuck_processing", "examples"))
+        for ev in result.get_asset_check_evaluations() if not ev.passed
+    ]
+    failed_tables = [ev.step_failure_data.error.message.strip() if ev.step_failure_data.error else str(ev.event_specific_data)
+                     for ev in result.get_step_failure_events()]
+    return IngestOutcome(report, md, result.success, failed_checks, failed_tables, errors)
+
+
+def _combined(a: ArrivalReport, b: ArrivalReport) -> ArrivalReport:
+    for table, n in b.recorded.items():
+        a.recorded[table] = a.recorded.get(table, 0) + n
+    a.unroutable += b.unroutable
+    a.settling = b.settling
+    a.settled_at = b.settled_at
+    return a
 
 
 def format_row(key: str, md: dict) -> str:
@@ -50,13 +105,38 @@ def format_row(key: str, md: dict) -> str:
         f"  {key:<44} files {md.get('files', 0):>3}  rows {md.get('rows_read', 0):>7}  "
         f"I/U/D {md.get('inserted', 0)}/{md.get('updated', 0)}/{md.get('deleted', 0)}  appended {md.get('appended', 0)}  "
         f"late-ignored {md.get('stale_skipped', 0) + md.get('tombstone_rejected', 0)}  quarantined {md.get('quarantined', 0)}"
+        + ("  RELOADED" if md.get("reload") else "")
         + (f"  FAILED FILES {md['failed_files']}" if md.get("failed_files") else "")
     )
+
+
+def print_outcome(out: IngestOutcome, say=print) -> None:
+    r = out.arrivals
+    say(f"{r.total} new files recorded ({len(r.unroutable)} unroutable, {r.identical} identical re-deliveries ignored, "
+        f"{len(r.content_duplicates)} duplicates of other files)")
+    for error in out.registry_errors:
+        say(f"  INVALID REGISTRY (its source is not ingested): {error}")
+    for _key, reason in r.unroutable:
+        say(f"  unroutable: {reason}")
+    for key, other in r.content_duplicates:
+        say(f"  duplicate: {key} has the same content as {other}; not merged again")
+    for key, md in sorted(out.metadata.items()):
+        say(format_row(key, md))
+    for key, reason in sorted(out.failed_files.items()):
+        say(f"  FAILED FILE {reason}")
+    for check in out.failed_checks:
+        say(f"  FAILED CHECK {check}")
+    for failure in out.failed_tables:
+        say(f"  FAILED {failure}")
+    if not out.ok:
+        say("ingest found problems (above); failed files stay in the ledger and can be retried with --retry-failed")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--retry-failed", action="store_true", help="retry files that failed before")
+    p.add_argument("--reload", nargs="+", default=[], metavar="SOURCE.TABLE", help="replace these tables with their next full load")
+    p.add_argument("--rebuild", nargs="+", default=[], metavar="SOURCE.TABLE", help="re-derive these tables from their landed files")
     args = p.parse_args(argv)
     # Source-aligned assets only: neither dagster-dbt nor the dbt manifest is touched here.
     from lake_assets.definitions import build_definitions, gc_paused
@@ -66,19 +146,11 @@ def main(argv=None) -> int:
         registry = load_registry()
         defs = build_definitions(registry, with_dbt=False)
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
-    out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed)
-    r = out.arrivals
-    print(f"{r.total} new files recorded ({len(r.unroutable)} unroutable, {r.identical} identical re-deliveries ignored, "
-          f"{len(r.content_duplicates)} duplicates of other files)")
-    for key, reason in r.unroutable:
-        print(f"  unroutable: {reason}")
-    for key, other in r.content_duplicates:
-        print(f"  duplicate: {key} has the same content as {other}; not merged again")
-    for key, md in sorted(out.metadata.items()):
-        print(format_row(key, md))
-    if not out.success:
-        print("some tables failed; their files stay in the ledger as retryable (see the run's logs)")
-    return 0 if out.success else 1
+    out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed,
+                 reload=_named(args.reload, registry), rebuild=_named(args.rebuild, registry),
+                 settle_seconds=float(os.environ.get("LAKE_SETTLE_SECONDS", "0")))
+    print_outcome(out)
+    return 0 if out.ok else 1
 
 
 if __name__ == "__main__":

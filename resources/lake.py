@@ -42,7 +42,7 @@ class MergeEngineResource(ConfigurableResource):
 
     def engine_for(self, table, context):
         if table.engine == "inprocess":
-            from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+            from lake_assets.core.cdc.inprocess import InProcessEngine
 
             return InProcessEngine()
         from resources.spark import spark_engine_for

@@ -26,7 +26,7 @@ from dagster import ConfigurableResource, PipesSubprocessClient
 from dagster._core.errors import DagsterPipesExecutionError  # what PipesSubprocessClient raises on a non-zero exit
 from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesEMRServerlessClient
 
-from lake_assets.core.cdc.engines.spark import Launcher, SparkEngine, SparkJobError
+from lake_assets.core.spark.engine import Launcher, SparkEngine, SparkJobError, SparkJobInterrupted
 from lake_assets.core.deployment import lake_home
 from lake_assets.core.spark.conf import (
     EMR_ICEBERG_JAR,
@@ -102,7 +102,7 @@ def plain_launcher(local: LocalSpark, *, env: dict[str, str] | None = None, echo
         doc = local.result(run_dir)
         if doc is None:
             tail = "\n".join(log.strip().splitlines()[-15:])
-            raise SparkJobError(
+            raise SparkJobInterrupted(
                 f"table {_table_of(spec)}: spark-submit exited with {proc.returncode} "
                 f"without reporting a result (batch {spec['batch_id']}); last output:\n{tail}"
             )
@@ -132,7 +132,7 @@ def pipes_subprocess_launcher(context, local: LocalSpark, *, env: dict[str, str]
             failure, doc = e, None
         doc = doc or local.result(run_dir)
         if doc is None:
-            raise SparkJobError(
+            raise SparkJobInterrupted(
                 f"table {_table_of(spec)}: the Spark job of batch {spec['batch_id']} "
                 f"reported no result ({failure or 'no Pipes message and no result file'}); see the run's logs"
             )
@@ -240,7 +240,7 @@ class LakeEMRServerlessClient(PipesEMRServerlessClient):
                 return response
             if state in ("FAILED", "CANCELLED", "CANCELLING"):
                 reason = run.get("stateDetails") or "no reason given by EMR Serverless"
-                raise SparkJobError(f"EMR Serverless job run {run_id} ({run.get('name', '')}) of application {app} ended {state}: {reason}")
+                raise SparkJobInterrupted(f"EMR Serverless job run {run_id} ({run.get('name', '')}) of application {app} ended {state}: {reason}")
             time.sleep(self.poll_interval)
 
 
@@ -277,10 +277,10 @@ def emr_serverless_launcher(context, emr: EmrServerless, *, emr_client=None, log
             doc = _s3_document(result_uri)
             if doc is not None and not doc.get("ok"):
                 return doc  # the job's own error (schema drift, commit conflict) maps to the core's
-            raise SparkJobError(f"table {_table_of(spec)}: batch {spec['batch_id']}: {failed}") from None
+            raise SparkJobInterrupted(f"table {_table_of(spec)}: batch {spec['batch_id']}: {failed}") from None
         doc = _job_document(invocation.get_custom_messages()) or _s3_document(result_uri)
         if doc is None:
-            raise SparkJobError(
+            raise SparkJobInterrupted(
                 f"table {_table_of(spec)}: EMR Serverless job for batch {spec['batch_id']} succeeded but reported "
                 f"no result (no Pipes message in CloudWatch group {emr.log_group}, nothing at {result_uri})"
             )

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lake_assets.core.arrivals import record_arrivals
-from lake_assets.core.cdc.runner import merge_pending
-from lake_assets.core.cdc.engines.inprocess import InProcessEngine
+from lake_assets.core.cdc.runner import MergeOptions, TableRun, merge_pending
+from lake_assets.core.cdc.inprocess import InProcessEngine
 from lake_assets.core.deployment import LakeEnvironment, local_environment
 from lake_assets.core.registry import Registry, load_registry
 
@@ -23,16 +23,17 @@ class TempLake:
     def landing(self) -> Path:
         return self.home / "landing"
 
-    def ingest(self, engine=None, **kw):
-        """Record arrivals and merge every table with pending files, as the sensor + assets would."""
+    def ingest(self, engine=None, **options) -> tuple:
+        """Record arrivals and merge every table with pending files, as the sensor + assets would.
+        options: MergeOptions fields. Returns (arrival report, {table id: TableRun})."""
         report = record_arrivals(self.env.landing, self.env.ledger, self.registry)
-        results = {}
+        runs: dict[str, TableRun] = {}
         for t in self.registry.tables:
-            results[t.identifier] = merge_pending(
+            runs[t.identifier] = merge_pending(
                 t, catalog=self.env.catalog, ledger=self.env.ledger, landing=self.env.landing,
-                engine=engine or InProcessEngine(), **kw,
+                engine=engine or InProcessEngine(), options=MergeOptions(**options),
             )
-        return report, results
+        return report, runs
 
     def rows(self, identifier: str, columns: list[str] | None = None) -> list[dict]:
         t = self.env.catalog.load_table(identifier).scan().to_arrow()

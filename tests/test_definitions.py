@@ -42,17 +42,17 @@ def _spec(table, schema, folder, mode, pk, seq, description):
 DEMO_SNAPSHOT = {
     "source_aligned/travel/booking_status_history": _spec(
         "booking_status_history", "booking", "bookings_audit", "history", "audit_id", "(file, row)",
-        "Audit trail of booking status changes"),
+        "Every status change of a booking (append-only history of the bookings_audit table)."),
     "source_aligned/travel/bookings": _spec(
-        "bookings", "booking", "bookings", "current", "booking_id", "change_seq", "Hotel bookings"),
+        "bookings", "booking", "bookings", "current", "booking_id", "change_seq", "Hotel bookings (current state)."),
     "source_aligned/travel/customers": _spec(
-        "customers", "booking", "customers", "current", "customer_id", "change_seq", "Customer accounts"),
+        "customers", "booking", "customers", "current", "customer_id", "change_seq", "Customer accounts (current state)."),
     "source_aligned/travel/hotels": _spec(
-        "hotels", "booking", "hotels", "current", "hotel_id", "(file, row)", "Hotels on sale"),
+        "hotels", "booking", "hotels", "current", "hotel_id", "(file, row)", "Hotels on sale (current state)."),
     "source_aligned/travel/payments": _spec(
-        "payments", "billing", "payments", "current", "payment_id", "(file, row)", "Card payments for bookings"),
+        "payments", "billing", "payments", "current", "payment_id", "(file, row)", "Payments for bookings (current state)."),
     "source_aligned/travel/promotions": _spec(
-        "promotions", "booking", "promotions", "current", "promotion_id", "(file, row)", "Discount codes"),
+        "promotions", "booking", "promotions", "current", "promotion_id", "(file, row)", "Discount codes (current state)."),
 }
 
 

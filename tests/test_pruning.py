@@ -32,7 +32,7 @@ def test_key_range_pruning_scans_only_files_whose_range_holds_a_key(tmp_path):
     write_dms_file(lake.landing / "pr" / "app" / "facts" / cdc_file_name(dt.datetime(2026, 11, 21, 10)),
                    [{"Op": "U", "region": "r2", "id": 2007, "val": 1}], COLUMNS, cdc=True)
     _, results = lake.ingest()
-    r = results["pr.facts"][0]
+    r = results["pr.facts"].results[0]
     assert (r.files_in_table, r.files_read) == (5, 1)
     assert (r.updated, r.files_rewritten) == (1, 1)
     rows = {x["id"]: x["val"] for x in lake.rows("pr.facts")}
@@ -49,7 +49,7 @@ def test_partition_pruning_when_partition_columns_are_in_the_key(tmp_path):
                    [{"Op": "D", "region": "r1", "id": 3, "val": 0}, {"Op": "I", "region": "r3", "id": 99, "val": 5}],
                    COLUMNS, cdc=True)
     _, results = lake.ingest()
-    r = results["pr.facts"][0]
+    r = results["pr.facts"].results[0]
     # ids 3 and 99 fall in every file's id range; only the partitions (r1, r3) leave two files of four.
     assert (r.files_in_table, r.files_read) == (4, 2)
     assert (r.deleted, r.inserted, r.files_rewritten) == (1, 1, 1)

@@ -26,5 +26,5 @@ def test_reload_after_a_maintenance_commit_replaces_the_table(tmp_path):
     tbl.overwrite(tbl.scan().to_arrow())
     write_dms_file(folder / load_file_name(1), [{"id": i, "v": 2} for i in range(1, 3)], COLS, cdc=False)
     _, results = lake.ingest()
-    assert results["rl.items"][0].reload
+    assert results["rl.items"].results[0].reload
     assert sorted((r["id"], r["v"]) for r in lake.rows("rl.items")) == [(1, 2), (2, 2)]

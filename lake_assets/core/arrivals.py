@@ -45,6 +45,9 @@ def route(key: str, registry: Registry, folders=None) -> tuple[str | None, str |
         return None, str(e)
     t = folders.get((f.source, f.schema, f.table))
     if t is None:
+        broken = registry.error_for_source(f.source)
+        if broken is not None:
+            return None, f"{key}: the registry file of source {f.source!r} is invalid, so its tables are not ingested: {broken.message}"
         return None, f"{key}: no registry table for source {f.source!r}, schema {f.schema!r}, table {f.table!r}"
     return t.identifier, None
 
@@ -84,7 +87,9 @@ def record_arrivals(
         new.append(LandedFile(obj.key, landing.checksum(obj.key), obj.size, obj.version, table_id, reason))
     if youngest is not None:
         report.settled_at = youngest + settle_seconds
-    recorded = ledger.record(new)
+    # By key: when the same content lands under two names at once, the earlier name is the original
+    # (the listing's order is the file system's, which is no order at all).
+    recorded = ledger.record(sorted(new, key=lambda f: f.key))
     report.identical = recorded.identical
     for e in recorded.entries:
         if e.table_id:

@@ -16,7 +16,7 @@ class NamingError(ValueError):
 
 
 def check_identifier(name: str, what: str) -> str:
-    if not isinstance(name, str) or not IDENTIFIER.match(name):
+    if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
         raise NamingError(
             f"{what} {name!r} is not a valid lake identifier: use lowercase [a-z][a-z0-9_]* (Athena's rule)"
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
+from lake_assets.core.cdc.batch import LandedInput
 from lake_assets.core.cdc.dms import parse_landing_key
 from lake_assets.core.ledger import LandedFile
 from lake_assets.core.registry import ColumnSpec, CsvOptions, PartitionField, TableConfig
@@ -54,9 +55,10 @@ def make_table(
     )
 
 
-def landed(landing: Path, paths: list[Path]) -> list[tuple]:
-    """Files as the exactly-once runner hands them to an engine: (DmsFile, bytes)."""
-    return [(parse_landing_key(p.relative_to(landing).as_posix()), p.read_bytes()) for p in paths]
+def landed(landing: Path, paths: list[Path], versions: dict[Path, int] | None = None) -> list[LandedInput]:
+    """Files as the exactly-once runner hands them to an engine, with their file versions (default 1)."""
+    versions = versions or {}
+    return [LandedInput(parse_landing_key(p.relative_to(landing).as_posix()), p.read_bytes(), versions.get(p, 1)) for p in paths]
 
 
 def record_landed(zone, ledger, tables) -> None:

@@ -86,7 +86,7 @@ def _merge_asset(lake):
     @asset(key=["source_aligned", table.source, table.name])
     def orders(context: AssetExecutionContext, spark: SparkMergeResource) -> MaterializeResult:
         engine = spark_engine_for(context, spark)
-        [r] = merge_pending(table, catalog=lake["catalog"], ledger=lake["ledger"], landing=lake["landing"], engine=engine)
+        [r] = merge_pending(table, catalog=lake["catalog"], ledger=lake["ledger"], landing=lake["landing"], engine=engine).results
         return MaterializeResult(metadata={"inserted": r.inserted, "quarantined": r.quarantined, "snapshot_id": str(r.snapshot_id)})
 
     return orders

@@ -1,9 +1,13 @@
-"""Both merge engines on the same random CDC histories: identical tables, both equal to a plain-Python oracle.
+"""Both merge engines on the same random hostile histories: identical tables, sidecars, snapshot
+summaries and counts, both equal to the one oracle (tests/oracle.py).
 
-Histories mix inserts, updates, deletes, duplicate keys, null keys (quarantined), files whose names
-put them late or out of order, full loads and reloads, files carrying a column the table does not have
-yet, and history mode. Each batch goes through the in-process engine into one catalog and the Spark
-engine (the real job, on this module's session) into another.
+Histories mix inserts, updates, deletes, null keys (quarantined), typed sequences (negative and
+35-digit numbers in strings, nulls and junk: bad rows), files whose names put them late or out of
+order, full loads in any order, a file re-delivered under its name with new content (its next
+version; a reload when it is a LOAD file already in the current load), operator reloads, files
+carrying a column the table does not have yet, and history mode. Each batch goes through the
+in-process engine into one catalog and the Spark engine (the real job, on this module's session)
+into another; a batch that fails on schema drift must fail the same way in both, leaving nothing.
 """
 
 from __future__ import annotations
@@ -11,42 +15,47 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from lake_assets.core.cdc.iceberg import committed_batches
-from lake_assets.core.cdc.engines.inprocess import InProcessEngine
-from lake_assets.core.cdc.engines.spark import SparkEngine
 from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
+from lake_assets.core.cdc.iceberg import SchemaDriftError, committed_batches
+from lake_assets.core.cdc.inprocess import InProcessEngine
 from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.spark.engine import SparkEngine
 from lake_assets.core.spark.merge_job import session_launcher
+from tests.oracle import OracleFile, TableOracle
 from tests.spark.conftest import NOW, landed, make_table, sql_catalog, table_rows, unique_source
 
 pytestmark = pytest.mark.spark
 
-COLUMNS = [("id", "long"), ("v", "long"), ("seq", "long")]
-EXTRA = ("note", "string")  # not declared: files that carry it add it to the table
+COLUMNS = [("id", "long"), ("v", "long"), ("seq", "string")]
+# `note` is not declared: files that carry it add it to the table, as text or (drift) as a number.
 BASE = dt.datetime(2026, 11, 21, 10, 0, 0)
 EXAMPLES = int(os.environ.get("LAKE_SPARK_EXAMPLES", "25"))
 
+seq_value = st.one_of(
+    st.integers(-9, 30).map(str), st.integers(-9, 30).map(str), st.decimals(-5, 5, places=2).map(str),
+    st.integers(10**34, 10**35 - 1).map(str), st.none(), st.sampled_from(["junk", ""]),
+)
 change = st.fixed_dictionaries(
     {
         "id": st.one_of(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6), st.none()),  # a null key is quarantined
         "op": st.sampled_from("IIUUD"),
         "v": st.integers(0, 99),
-        "seq": st.one_of(st.integers(0, 30), st.integers(0, 30), st.none()),
+        "seq": seq_value,
         "note": st.sampled_from(["x", "y", None]),
     }
 )
 delivery = st.fixed_dictionaries(
     {
-        "load": st.one_of(st.none(), st.none(), st.none(), st.integers(1, 2)),  # a full-load file number, or CDC
-        "second": st.integers(0, 59),  # CDC file time: random, so files arrive late and out of order
+        "load": st.one_of(st.none(), st.none(), st.none(), st.integers(0, 2)),  # a full-load file number, or CDC
+        "second": st.integers(0, 9),  # CDC file time: few names, so later batches re-deliver them (new versions)
         "extra": st.booleans(),
+        "drift": st.sampled_from([False] * 4 + [True]),  # `note` as a number: a type change the table cannot take
         "rows": st.lists(change, max_size=5),
     }
 )
@@ -54,113 +63,32 @@ histories = st.fixed_dictionaries(
     {
         "mode": st.sampled_from(["current", "current", "history"]),
         "sequence_by": st.booleans(),
+        "reload_at": st.one_of(st.none(), st.integers(0, 2)),
         "batches": st.lists(st.lists(delivery, min_size=1, max_size=3), min_size=1, max_size=3),
     }
 )
 
 
-@dataclass
-class Delivered:
-    key: str  # landing key
-    base: str  # file name without extension
-    load: int | None
-    extra: bool
-    rows: list[dict]
-
-
-def deliver(landing: Path, table, files: list[dict]) -> list[tuple[Delivered, Path]]:
-    """Write one batch's files as DMS does, just before it is merged. Names are unique within a batch;
-    a later batch may deliver a name again (a re-delivered file with new content)."""
+def deliver(landing: Path, table, files: list[dict], versions: dict[str, int]) -> list[tuple[OracleFile, Path, bool]]:
+    """Write one batch's files as DMS does. Names are unique within a batch; a name delivered again
+    in a later batch is that file's next version."""
     folder = table_dir(landing, table.source, table.schema, table.source_table)
     names, written = set(), []
-    for j, f in enumerate(files):
-        load = f["load"]
-        if load is not None:
-            while load_file_name(load) in names:
-                load += 1
-            base = load_file_name(load)
-        else:
-            base = cdc_file_name(BASE + dt.timedelta(seconds=f["second"], milliseconds=j))
-        names.add(base)
-        cols = COLUMNS + ([EXTRA] if f["extra"] else [])
-        rows = [{"id": r["id"], "v": r["v"], "seq": r["seq"], "note": r["note"], "Op": r["op"]} for r in f["rows"]]
-        path = write_dms_file(folder / base, rows, cols, fmt="parquet", cdc=load is None)
-        written.append((Delivered(path.relative_to(landing).as_posix(), base, load, f["extra"], f["rows"]), path))
-    return written
-
-
-# --- the oracle: the semantics written out plainly, one change at a time ---------------------------
-
-
-@dataclass
-class Expected:
-    rows: dict = field(default_factory=dict)  # key -> row (current) ; or list (history)
-    history: list = field(default_factory=list)
-    counts: list = field(default_factory=list)  # per batch
-
-
-def oracle(mode: str, sequence_by: bool, batches: list[list[Delivered]]) -> Expected:
-    exp = Expected()
-    state: dict[int, tuple[tuple, dict]] = {}  # key -> (sequence, row)
-    tombstones: dict[int, tuple] = {}  # key -> sequence of the delete
-    load_max = -1
-    for b, files in enumerate(batches):
-        batch_id = f"b{b}"
-        changes, quarantined = [], 0
-        for f in files:
-            order = ("0" if f.load is not None else "1") + f.base
-            for n, r in enumerate(f.rows, start=1):
-                if r["id"] is None:
-                    quarantined += 1
-                    continue
-                op = "I" if f.load is not None else r["op"]
-                head = (1, r["seq"]) if sequence_by and r["seq"] is not None else (0, 0)
-                row = {"id": r["id"], "v": r["v"], "seq": r["seq"], "note": r["note"] if f.extra else None,
-                       "_lake_op": op, "_lake_batch_id": batch_id}
-                changes.append(((head, order, n), op, row, f.key, n))
-        counts = {"quarantined": quarantined, "inserted": 0, "updated": 0, "deleted": 0, "stale_skipped": 0,
-                  "tombstone_rejected": 0, "appended": 0}
-        loads = sorted(f.load for f in files if f.load is not None)
-        reload = bool(loads) and loads[0] <= load_max
-        load_max = max(loads) if reload else max([load_max] + loads)
-        counts["reload"] = reload
-        exp.counts.append(counts)
-        if mode == "history":
-            for _, _, row, key, n in changes:
-                exp.history.append(row | {"_lake_file": key, "_lake_row": n})
-            counts["appended"] = len(changes)
+    for f in files:
+        base = load_file_name(f["load"]) if f["load"] else ("LOAD00000000" if f["load"] == 0 else cdc_file_name(BASE + dt.timedelta(seconds=f["second"])))
+        if base in names:
             continue
-        if reload:
-            state, tombstones = {}, {}
-        win: dict[int, tuple] = {}
-        for seq, op, row, _, _ in changes:
-            if row["id"] not in win or seq > win[row["id"]][0]:
-                win[row["id"]] = (seq, op, row)
-        for key, (seq, op, row) in win.items():
-            if key in tombstones and seq < tombstones[key]:
-                counts["tombstone_rejected"] += 1
-                continue
-            held = state.get(key)
-            if held is None:
-                if op == "D":
-                    tombstones[key] = seq
-                else:
-                    state[key] = (seq, row)
-                    tombstones.pop(key, None)
-                    counts["inserted"] += 1
-            elif seq > held[0]:
-                if op == "D":
-                    del state[key]
-                    tombstones[key] = seq
-                    counts["deleted"] += 1
-                else:
-                    state[key] = (seq, row)
-                    tombstones.pop(key, None)
-                    counts["updated"] += 1
-            else:
-                counts["stale_skipped"] += 1
-    exp.rows = {k: row for k, (_, row) in state.items()}
-    return exp
+        names.add(base)
+        note_type = "long" if f["drift"] else "string"
+        cols = COLUMNS + ([("note", note_type)] if f["extra"] else [])
+        rows = [{"id": r["id"], "v": r["v"], "seq": r["seq"], "note": (len(r["note"]) if r["note"] else None) if f["drift"] else r["note"],
+                 "Op": r["op"]} for r in f["rows"]]
+        path = write_dms_file(folder / base, rows, cols, fmt="parquet", cdc=f["load"] is None)
+        key = path.relative_to(landing).as_posix()
+        versions[key] = versions.get(key, 0) + 1
+        oracle_rows = tuple({**r, "note": r["note"] if f["extra"] else None} for r in rows)
+        written.append((OracleFile(key, oracle_rows, versions[key]), path, f["drift"]))
+    return written
 
 
 COUNT_FIELDS = ("rows_read", "inserted", "updated", "deleted", "appended", "stale_skipped", "tombstone_rejected",
@@ -179,39 +107,52 @@ def _summary_view(summary: dict) -> dict:
 def test_engines_agree_with_each_other_and_the_oracle(spark_lake, h):
     source = unique_source("eq")
     table = make_table(source, columns=COLUMNS, mode=h["mode"], sequence_by="seq" if h["sequence_by"] else None)
+    oracle = TableOracle(columns=("id", "v", "seq", "note"), sequence="string" if h["sequence_by"] else None, mode=h["mode"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         landing = tmp / "landing"
         inproc_catalog = sql_catalog(tmp / "inprocess")
         inproc = InProcessEngine()
         spark = SparkEngine(session_launcher(spark_lake.spark), landing=str(landing), scratch=str(tmp / "scratch"))
-        delivered, results = [], []
+        versions: dict[str, int] = {}
+        pending_reload = False
         for b, files in enumerate(h["batches"]):
-            written = deliver(landing, table, files)
-            delivered.append([d for d, _ in written])
-            batch = landed(landing, [p for _, p in written])
-            a = inproc.merge(inproc_catalog, table, batch, f"b{b}", now=NOW)
-            s = spark.merge(spark_lake.catalog, table, batch, f"b{b}", now=NOW)
+            written = deliver(landing, table, files, versions)
+            batch = landed(landing, [p for _, p, _ in written], {p: f.version for f, p, _ in written})
+            pending_reload = pending_reload or h["reload_at"] == b
+            outcomes = []
+            for engine, catalog in ((inproc, inproc_catalog), (spark, spark_lake.catalog)):
+                try:
+                    outcomes.append(engine.merge(catalog, table, batch, f"b{b}", now=NOW, reload_requested=pending_reload))
+                except SchemaDriftError as e:
+                    outcomes.append(e)
+            a, s = outcomes
+            if isinstance(a, SchemaDriftError) or isinstance(s, SchemaDriftError):
+                assert str(a) == str(s), f"batch b{b}: the engines disagree on the drift"
+                continue  # nothing was written: the oracle sees no batch either
             for name in COUNT_FIELDS:
                 assert getattr(s, name) == getattr(a, name), f"batch b{b}: {name}"
             assert s.snapshot_id is not None
-            results.append(s)
-        exp = oracle(h["mode"], h["sequence_by"], delivered)
-        for b, s in enumerate(results):
-            for name, value in exp.counts[b].items():
-                assert getattr(s, name) == value, f"batch b{b}: {name} (oracle)"
+            counts = oracle.merge([f for f, _, _ in written], reload_requested=pending_reload)
+            for name in ("inserted", "updated", "deleted", "stale_skipped", "tombstone_rejected", "appended", "quarantined", "reload"):
+                assert getattr(s, name) == getattr(counts, name), f"batch b{b}: {name} (oracle)"
+            if any(f.load_number is not None for f, _, _ in written):
+                pending_reload = False
 
+        if not inproc_catalog.table_exists(table.identifier):
+            assert not spark_lake.catalog.table_exists(table.identifier)
+            return
         key = ["id"] if h["mode"] == "current" else ["_lake_batch_id", "_lake_file", "_lake_row"]
         a_rows = table_rows(inproc_catalog, table.identifier, key)
         s_rows = table_rows(spark_lake.catalog, table.identifier, key)
         assert s_rows == a_rows  # every column, the lake's own included
 
-        got = [{c: r.get(c) for c in ("id", "v", "seq", "note", "_lake_op", "_lake_batch_id", "_lake_file", "_lake_row")} for r in s_rows]
         if h["mode"] == "current":
-            want = [exp.rows[k] for k in sorted(exp.rows)]
-            got = [{c: r[c] for c in ("id", "v", "seq", "note", "_lake_op", "_lake_batch_id")} for r in got]
+            got = [{c: r.get(c) for c in ("id", "v", "seq", "note")} for r in s_rows]
+            want = oracle.current_rows()
         else:
-            want = sorted(exp.history, key=lambda r: (r["_lake_batch_id"], r["_lake_file"], r["_lake_row"]))
+            got = sorted((r["_lake_file"], r["_lake_row"], r["_lake_op"], r["id"], r["v"]) for r in s_rows)
+            want = sorted((r["_lake_file"], r["_lake_row"], r["_lake_op"], r["id"], r["v"]) for r in oracle.history)
         assert got == want
 
         # The commits carry the same batch bookkeeping, and the sidecar tables agree.
@@ -222,3 +163,6 @@ def test_engines_agree_with_each_other_and_the_oracle(spark_lake, h):
             ident = sidecar(table.source, table.name)
             if inproc_catalog.table_exists(ident) or spark_lake.catalog.table_exists(ident):
                 assert table_rows(spark_lake.catalog, ident, order) == table_rows(inproc_catalog, ident, order)
+        if spark_lake.catalog.table_exists(quarantine_identifier(table.source, table.name)):
+            q = table_rows(spark_lake.catalog, quarantine_identifier(table.source, table.name), ["file", "row"])
+            assert sorted((r["file"], r["file_version"], r["row"]) for r in q) == sorted(oracle.quarantine)

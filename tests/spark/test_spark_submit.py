@@ -9,8 +9,8 @@ from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, a
 
 from lake_assets.core.cdc.runner import merge_pending
 from lake_assets.core.cdc.iceberg import committed_batches
-from lake_assets.core.cdc.engines.inprocess import InProcessEngine
-from lake_assets.core.cdc.engines.spark import SparkEngine, SparkJobError
+from lake_assets.core.cdc.inprocess import InProcessEngine
+from lake_assets.core.spark.engine import SparkEngine, SparkJobError
 from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
 from lake_assets.core.landing import LocalLandingZone
 from lake_assets.core.ledger import sqlite_ledger
@@ -48,7 +48,7 @@ def test_a_job_killed_after_its_sidecar_writes_resumes_exactly_once(tmp_path, mo
     assert ledger.status_counts(table.identifier)["processing"] == 2
 
     monkeypatch.delenv("LAKE_FAILPOINT")
-    [result] = merge_pending(table, catalog=catalog, ledger=ledger, landing=LocalLandingZone(landing), engine=engine)
+    [result] = merge_pending(table, catalog=catalog, ledger=ledger, landing=LocalLandingZone(landing), engine=engine).results
     assert (result.inserted, result.deleted, result.quarantined, result.already_committed) == (4, 0, 1, False)
     assert ledger.status_counts(table.identifier)["committed"] == 2
 
@@ -75,7 +75,7 @@ def test_spark_submit_through_dagster_pipes(tmp_path):
     @asset(key=["source_aligned", table.source, table.name])
     def items(context: AssetExecutionContext, spark: SparkMergeResource) -> MaterializeResult:
         engine = spark_engine_for(context, spark)
-        [r] = merge_pending(table, catalog=catalog, ledger=ledger, landing=LocalLandingZone(landing), engine=engine)
+        [r] = merge_pending(table, catalog=catalog, ledger=ledger, landing=LocalLandingZone(landing), engine=engine).results
         return MaterializeResult(metadata={"inserted": r.inserted, "deleted": r.deleted, "quarantined": r.quarantined,
                                            "snapshot_id": str(r.snapshot_id)})
 

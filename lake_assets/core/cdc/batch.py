@@ -1,72 +1,131 @@
-"""Change batches: the changes of one merge, in one Arrow table, each with its sortable sequence.
+"""Change batches: a batch's files read into one Arrow table of changes, each with its position.
 
-The sequence (`_lake_seq`) is a string that sorts in change order and is stored in the table, so
-later batches can tell an older late change from a newer one:
-  "1<sequence_by value, fixed width>" or "0" when absent, then "~<file order>", then "~<row>".
-Full-load files sort before CDC files; CDC file names are creation times.
+Reading is per file: a file that cannot be read, or lacks its sequence_by column, or orders by
+another kind than the table, fails alone and the rest of the batch goes on. Rows whose sequence
+value is null (in a CDC file) or does not parse as the table's kind are bad rows, quarantined with
+the reason, never silently "late".
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake_assets.core.cdc.dms import OP, ROW, DmsFile, FileChanges, QuarantinedRow
+from lake_assets.core.cdc.dms import OP, ROW, DmsFile, FileChanges, FileReadError, QuarantinedRow, read_dms_file
 from lake_assets.core.cdc.iceberg import SchemaDriftError
+from lake_assets.core.cdc.position import (
+    EncodedSequence,
+    SequenceKind,
+    SequenceTypeError,
+    encode_sequence,
+    file_positions,
+    sequence_kind,
+)
 from lake_assets.core.registry import TableConfig
+from lake_assets.core.types import arrow_type
 
 SEQ = "_lake_seq"
 FILE = "_lake_file"
-_INT_OFFSET = 2**63
 
 
-class SequenceError(ValueError):
-    pass
+@dataclass(frozen=True)
+class LandedInput:
+    """One landed file handed to a merge: where it is, its bytes, and its version in the ledger."""
+
+    file: DmsFile
+    data: bytes
+    version: int = 1
+
+    @property
+    def key(self) -> str:
+        return self.file.key
 
 
 @dataclass
 class ChangeBatch:
     table: TableConfig
-    changes: pa.Table  # data columns + _op + _lake_seq + _lake_file + _row
+    changes: pa.Table  # data columns + _op + _row + _lake_file + _lake_seq (the position)
     files: list[DmsFile]
+    sequence_kind: SequenceKind | None = None
     quarantined: list[tuple[str, QuarantinedRow]] = field(default_factory=list)
     rows_read: int = 0
     per_file: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (rows read, quarantined)
+    versions: dict[str, int] = field(default_factory=dict)  # key -> file version
 
     @property
     def load_numbers(self) -> list[int]:
-        return sorted(f.load_number for f in self.files if f.is_load)
+        return sorted(f.load_number for f in self.files if f.load_number is not None)
 
 
-def _encode_sequence(values: pa.Array, column: str) -> pa.Array:
-    t = values.type
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        values = values.cast(pa.int64())
-        t = values.type
-    if pa.types.is_integer(t):
-        shifted = pc.add(values.cast(pa.decimal128(19, 0)), pa.scalar(_INT_OFFSET, pa.decimal128(19, 0)))
-        return pc.utf8_lpad(shifted.cast(pa.string()), width=20, padding="0")
-    if pa.types.is_decimal(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
-        text = values.cast(pa.string())
-        if pa.types.is_string(t) and not pc.all(pc.fill_null(pc.utf8_is_digit(text), True)).as_py():
-            return text  # non-numeric text sequences sort as text
-        return pc.utf8_lpad(text, width=40, padding="0")
-    raise SequenceError(f"sequence_by column {column} has type {t}; use an integer, decimal, date, timestamp or numeric string")
+def declared_sequence_kind(table: TableConfig) -> SequenceKind | None:
+    """The kind the registry's declared sequence_by column orders by (None: not declared, or the
+    column's type comes from the files)."""
+    if table.sequence_by is None or table.columns is None:
+        return None
+    for c in table.columns:
+        if c.name == table.sequence_by:
+            return sequence_kind(arrow_type(c.type))
+    return None
 
 
-def sequence_keys(changes: pa.Table, files: pa.Array, order_keys: dict[str, str], sequence_by: str | None) -> pa.Array:
-    n = changes.num_rows
-    if sequence_by is not None and sequence_by in changes.column_names:
-        enc = _encode_sequence(changes.column(sequence_by).combine_chunks(), sequence_by)
-        head = pc.if_else(pc.is_null(enc), "0", pc.binary_join_element_wise("1", enc, ""))
-    else:
-        head = pa.array(["0"] * n, pa.string())
-    encoded = files.dictionary_encode()
-    order = pa.array([order_keys[k] for k in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
-    rows = pc.utf8_lpad(changes.column(ROW).cast(pa.string()), width=12, padding="0")
-    return pc.binary_join_element_wise(head, order, rows, "~")
+def _row_values(t: pa.Table, i: int) -> str:
+    values = {c: t.column(c)[i].as_py() for c in t.column_names if c != ROW}
+    if OP in values:
+        values["Op"] = values.pop(OP)
+    return json.dumps(values, default=str)
+
+
+def _with_positions(table: TableConfig, r: FileChanges, version: int, kind: SequenceKind | None) -> tuple[FileChanges, SequenceKind | None]:
+    """The file's changes with their positions; sequence bad rows moved to quarantine.
+
+    Raises FileReadError when the file cannot be ordered at all (its sequence_by column is missing
+    or of another kind than the table orders by)."""
+    f, t = r.file, r.table
+    where = f"{f.key} (table {table.identifier})"
+    sequence = None
+    quarantined = list(r.quarantined)
+    if table.sequence_by is not None:
+        col = table.sequence_by
+        if col not in r.file_columns:
+            raise FileReadError(
+                f"{where}: sequence_by column {col!r} is missing from the file; "
+                "its changes cannot be ordered (the lake never falls back to file order for such a table)"
+            )
+        column = t.column(col) if col in t.column_names else None  # None: present in the file, but no value in it
+        if column is None or (t.num_rows and column.null_count == t.num_rows):
+            # No value to order by: full-load rows rank lowest (an empty part), CDC rows are bad (below).
+            encoded = EncodedSequence(pa.nulls(t.num_rows, pa.string()), {})
+        else:
+            try:
+                file_kind = sequence_kind(column.type)
+            except SequenceTypeError as e:
+                raise FileReadError(f"{where}: sequence_by column {col!r}: {e}") from None
+            if kind is not None and file_kind != kind:
+                raise FileReadError(
+                    f"{where}: sequence_by column {col!r} is {column.type} ({file_kind.name.lower()}s) in this file, "
+                    f"but the table orders its changes by {kind.name.lower()}s"
+                )
+            kind = file_kind
+            encoded = encode_sequence(column, kind, col)
+        reasons = dict(encoded.bad)
+        if not f.is_load:  # a full-load row may carry no sequence: it ranks below every CDC change anyway
+            for i in pc.indices_nonzero(pc.is_null(encoded.values)).to_pylist():
+                reasons.setdefault(i, f"sequence_by column {col} is null: the change cannot be ordered")
+        if reasons:
+            rows = t.column(ROW)
+            quarantined += [QuarantinedRow(rows[i].as_py(), reasons[i], _row_values(t, i)) for i in sorted(reasons)]
+            keep = pa.array([i not in reasons for i in range(t.num_rows)])
+            t = t.filter(keep)
+            sequence = encoded.values.filter(keep)
+        else:
+            sequence = encoded.values
+        quarantined.sort(key=lambda q: q.row)
+    positions = file_positions(is_load=f.is_load, sequence=sequence, name=f.base, version=version, rows=t.column(ROW), key=f.key)
+    t = t.append_column(FILE, pa.array([f.key] * t.num_rows, pa.string())).append_column(SEQ, positions)
+    return FileChanges(f, t, quarantined, r.file_columns), kind
 
 
 def _type_conflict(table: TableConfig, reads: list[FileChanges]) -> str:
@@ -85,28 +144,46 @@ def _type_conflict(table: TableConfig, reads: list[FileChanges]) -> str:
     return f"table {table.identifier}: the batch's files have incompatible column types"
 
 
-def build_batch(table: TableConfig, reads: list[FileChanges]) -> ChangeBatch:
-    """Concatenate the files' changes and give every change its sequence."""
-    parts = []
-    for r in reads:
-        t = r.table
-        parts.append(t.append_column(FILE, pa.array([r.file.key] * t.num_rows, pa.string())))
+def read_batch(
+    table: TableConfig, inputs: list[LandedInput], *, sequence_kind: SequenceKind | None = None
+) -> tuple[ChangeBatch, dict[str, str]]:
+    """Read every file into one batch. Returns the batch and, per file that failed, the reason.
+
+    sequence_kind: the kind the table already orders by (from the Iceberg table), else the
+    registry's declared kind, else the first readable file's.
+    """
+    kind = sequence_kind or declared_sequence_kind(table)
+    reads: list[FileChanges] = []
+    failed: dict[str, str] = {}
+    versions: dict[str, int] = {}
+    for landed in inputs:
+        try:
+            read = read_dms_file(landed.file, landed.data, table)
+            read, kind = _with_positions(table, read, landed.version, kind)
+        except FileReadError as e:
+            failed[landed.key] = str(e)
+            continue
+        except Exception as e:  # noqa: BLE001 - one file's surprise must not wedge its batch
+            failed[landed.key] = f"{landed.key} (table {table.identifier}): cannot read: {type(e).__name__}: {str(e)[:500]}"
+            continue
+        reads.append(read)
+        versions[landed.key] = landed.version
+    parts = [r.table for r in reads]
     if parts:
         try:
             changes = pa.concat_tables(parts, promote_options="permissive")
         except (pa.ArrowTypeError, pa.ArrowInvalid):
             raise SchemaDriftError(_type_conflict(table, reads)) from None
     else:
-        changes = pa.table({OP: pa.array([], pa.string()), ROW: pa.array([], pa.int64()), FILE: pa.array([], pa.string())})
-    order_keys = {r.file.key: r.file.order_key for r in reads}
-    seq = sequence_keys(changes, changes.column(FILE).combine_chunks(), order_keys, table.sequence_by)
-    changes = changes.append_column(SEQ, seq)
-    quarantined = [(r.file.key, q) for r in reads for q in r.quarantined]
+        changes = pa.table({OP: pa.array([], pa.string()), ROW: pa.array([], pa.int64()),
+                            FILE: pa.array([], pa.string()), SEQ: pa.array([], pa.string())})
     return ChangeBatch(
         table=table,
         changes=changes,
         files=[r.file for r in reads],
-        quarantined=quarantined,
+        sequence_kind=kind,
+        quarantined=[(r.file.key, q) for r in reads for q in r.quarantined],
         rows_read=sum(r.rows_read for r in reads),
         per_file={r.file.key: (r.rows_read, len(r.quarantined)) for r in reads},
-    )
+        versions=versions,
+    ), failed

@@ -123,6 +123,7 @@ class FileChanges:
     file: DmsFile
     table: pa.Table
     quarantined: list[QuarantinedRow] = field(default_factory=list)
+    file_columns: frozenset[str] = frozenset()  # data columns the file itself carries (not filled in)
 
     @property
     def rows_read(self) -> int:
@@ -422,4 +423,4 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
         keep = pa.array([i not in reasons for i in range(n)])
         out = out.filter(keep)
     quarantined.sort(key=lambda q: q.row)
-    return FileChanges(f, out, quarantined)
+    return FileChanges(f, out, quarantined, frozenset(data_names))

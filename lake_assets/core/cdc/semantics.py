@@ -1,12 +1,15 @@
-"""What a change batch does to a table in `current` mode, decided once for every engine.
+"""What a change batch does to a table, decided once for every engine.
 
-- For each key, the change with the highest `_lake_seq` in the batch is its *winner*.
-- A winner applies only if it is newer than the row the table holds for that key, and not older than
-  the key's tombstone (a delete kept for the retention period): late changes never overwrite newer state
-  and never undo a delete.
-- An applied I/U writes the winner's row; an applied D removes the row and leaves a tombstone.
-- A batch with a full load that restarts numbering (a reload) replaces the table: existing rows and
-  tombstones are ignored.
+- For each key, the change with the highest position (`_lake_seq`) in the batch is its *winner*.
+- A winner older than its key's tombstone (a delete kept for the retention period) is rejected: a
+  late change never undoes a delete.
+- Against the row the table holds for the key, a winner is an insert (no row), an update or a
+  delete (newer than the row), or stale (not newer: ignored); a D for a key the table does not hold
+  is an absent delete (it leaves a tombstone and changes no row).
+- A reload (see `loads`) replaces the table: every non-D winner is an insert, every D an absent delete.
+
+`outcome_sql` is the comparison with the table as one SQL expression; the in-process engine runs it
+in DuckDB and the Spark job in Spark SQL, so neither engine restates the rule.
 """
 
 from __future__ import annotations
@@ -15,21 +18,23 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lake_assets.core.cdc.batch import SEQ
 from lake_assets.core.cdc.dms import OP
 
-POS = "__pos"  # position of an existing row in the scanned key table
-FILE_IX = "__file"  # index of the data file the existing row lives in
-WIN = "__w"  # index of a change in the batch
+WIN = "__w"  # index of a change among the winners
+INSERT, UPDATE, DELETE, ABSENT_DELETE, STALE = "insert", "update", "delete", "absent_delete", "stale"
+OUTCOMES = (INSERT, UPDATE, DELETE, ABSENT_DELETE, STALE)
 
 
-def _q(name: str) -> str:
+def quote(name: str) -> str:
+    """A column name quoted for DuckDB SQL."""
     return '"' + name.replace('"', '""') + '"'
 
 
 def winners(changes: pa.Table, keys: tuple[str, ...]) -> pa.Table:
-    """The last change per key (highest sequence)."""
+    """The change with the highest position per key, in batch order."""
     if changes.num_rows == 0:
         return changes
     keyed = pa.table({**{k: changes.column(k) for k in keys}, SEQ: changes.column(SEQ)}).append_column(
@@ -37,9 +42,9 @@ def winners(changes: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     )
     con = duckdb.connect()
     con.register("c", keyed)
-    part = ", ".join(_q(k) for k in keys)
+    part = ", ".join(quote(k) for k in keys)
     idx = con.execute(
-        f"SELECT {WIN} FROM c QUALIFY row_number() OVER (PARTITION BY {part} ORDER BY {SEQ} DESC) = 1 ORDER BY {WIN}"
+        f"SELECT {WIN} FROM c QUALIFY row_number() OVER (PARTITION BY {part} ORDER BY {SEQ} DESC, {WIN} DESC) = 1 ORDER BY {WIN}"
     ).arrow().read_all().column(0)
     con.close()
     return changes.take(idx)
@@ -56,7 +61,7 @@ def reject_tombstoned(win: pa.Table, tombstones: pa.Table | None, keys: tuple[st
     con = duckdb.connect()
     con.register("w", w)
     con.register("t", t)
-    on = " AND ".join(f"w.{_q(k)} = t.{_q(k)}" for k in keys)
+    on = " AND ".join(f"w.{quote(k)} = t.{quote(k)}" for k in keys)
     keep = con.execute(
         f"SELECT w.{WIN} FROM w LEFT JOIN t ON {on} WHERE t.tseq IS NULL OR w.{SEQ} >= t.tseq ORDER BY w.{WIN}"
     ).arrow().read_all().column(0)
@@ -64,57 +69,48 @@ def reject_tombstoned(win: pa.Table, tombstones: pa.Table | None, keys: tuple[st
     return win.take(keep), win.num_rows - len(keep)
 
 
-@dataclass
-class MergePlan:
-    """The outcome of comparing winners with the rows the table holds for their keys."""
+def outcome_sql(*, op: str, change_seq: str, held_seq: str, held: str) -> str:
+    """The outcome of a winner against the table's row, as a SQL CASE both engines evaluate.
 
-    inserts: pa.Array  # winner indices written as new keys
-    updates: pa.Array  # winner indices that replace an existing row
-    deletes: pa.Array  # winner indices (op D) that remove an existing row
-    stale: int  # winners not newer than the table's row: ignored
-    absent_deletes: pa.Array  # winner indices (op D) for keys the table does not hold
-    removed: pa.Table  # (FILE_IX, POS) of existing rows replaced or deleted
+    op, change_seq: the winner's op and position; held_seq: the table row's position; held: a
+    boolean expression, true when the table holds a row for the key (an outer join matched)."""
+    return (
+        f"CASE WHEN NOT coalesce({held}, false) THEN (CASE WHEN {op} = 'D' THEN '{ABSENT_DELETE}' ELSE '{INSERT}' END) "
+        f"WHEN {change_seq} > {held_seq} THEN (CASE WHEN {op} = 'D' THEN '{DELETE}' ELSE '{UPDATE}' END) "
+        f"ELSE '{STALE}' END"
+    )
+
+
+@dataclass
+class Classification:
+    """What each winner does to the table (outcome[i] for winner i), and what the engine that
+    computed it needs to write it (`private`: the in-process engine's touched files, for example)."""
+
+    outcome: pa.Array  # string, one of OUTCOMES per winner
+    private: object = None
+
+    def indices(self, *names: str) -> pa.Array:
+        return pc.indices_nonzero(pc.is_in(self.outcome, value_set=pa.array(list(names), pa.string())))
+
+    def count(self, name: str) -> int:
+        return len(self.indices(name))
 
     @property
     def written(self) -> pa.Array:
-        """Winner indices whose rows go into the table."""
-        return pa.concat_arrays([self.inserts.cast(pa.int64()), self.updates.cast(pa.int64())])
+        """Winners whose rows go into the table."""
+        return self.indices(INSERT, UPDATE)
 
     @property
     def tombstoned(self) -> pa.Array:
-        """Winner indices of applied deletes (including deletes of absent keys): they leave tombstones."""
-        return pa.concat_arrays([self.deletes.cast(pa.int64()), self.absent_deletes.cast(pa.int64())])
+        """Winners that leave a tombstone: applied deletes, and deletes of keys the table lacks."""
+        return self.indices(DELETE, ABSENT_DELETE)
+
+    @property
+    def changes_rows(self) -> bool:
+        return len(self.indices(INSERT, UPDATE, DELETE)) > 0
 
 
-def plan_merge(existing: pa.Table, win: pa.Table, keys: tuple[str, ...]) -> MergePlan:
-    """existing: key columns + _lake_seq + __file + __pos of the rows in candidate data files."""
-    w = pa.table({**{k: win.column(k) for k in keys}, SEQ: win.column(SEQ), OP: win.column(OP)}).append_column(
-        WIN, pa.array(range(win.num_rows), pa.int64())
-    )
-    con = duckdb.connect()
-    con.register("w", w)
-    con.register("e", existing)
-    on = " AND ".join(f"w.{_q(k)} = e.{_q(k)}" for k in keys)
-    con.execute(
-        f"""CREATE TEMP TABLE j AS
-        SELECT w.{WIN} AS wi, w.{OP} AS op, w.{SEQ} AS wseq, e.{SEQ} AS eseq, e.{FILE_IX} AS fi, e.{POS} AS pos,
-               e.{POS} IS NOT NULL AS found
-        FROM w LEFT JOIN e ON {on}"""
-    )
-
-    def col(sql: str) -> pa.Array:
-        return con.execute(sql).arrow().read_all().column(0).combine_chunks()
-
-    newer = "(NOT found OR eseq IS NULL OR wseq > eseq)"
-    plan = MergePlan(
-        inserts=col(f"SELECT wi FROM j WHERE NOT found AND op <> 'D' ORDER BY wi"),
-        updates=col(f"SELECT DISTINCT wi FROM j WHERE found AND {newer} AND op <> 'D' ORDER BY wi"),
-        deletes=col(f"SELECT DISTINCT wi FROM j WHERE found AND {newer} AND op = 'D' ORDER BY wi"),
-        stale=con.execute(f"SELECT count(*) FROM j WHERE found AND NOT {newer}").fetchone()[0],
-        absent_deletes=col(f"SELECT wi FROM j WHERE NOT found AND op = 'D' ORDER BY wi"),
-        removed=con.execute(
-            f"SELECT fi AS {FILE_IX}, pos AS {POS} FROM j WHERE found AND {newer} ORDER BY fi, pos"
-        ).arrow().read_all(),
-    )
-    con.close()
-    return plan
+def reload_classification(win: pa.Table) -> Classification:
+    """A reload replaces the table: nothing is held, so every winner is an insert or an absent delete."""
+    is_delete = pc.equal(win.column(OP), "D")
+    return Classification(pc.if_else(is_delete, ABSENT_DELETE, INSERT))

@@ -1,7 +1,9 @@
 """The lake's own tables beside each source-aligned table: tombstones and quarantined rows.
 
-Both are written before the main table's commit and carry the same batch id, so resuming a batch
-after a crash neither repeats nor loses them.
+Both are written before the main table's commit and carry the batch id, so resuming a batch after a
+crash neither repeats nor loses them. A batch that is abandoned before its main commit (its files
+failed or are merged again under new batch ids) has its sidecar writes rolled back first, so they
+never outlive the batch that made them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import warnings
 import duckdb
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, EqualTo
 
 from lake_assets.core.cdc.batch import SEQ
 from lake_assets.core.cdc.dms import QuarantinedRow
-from lake_assets.core.cdc.iceberg import batch_summary, committed_batches, conform, load_or_create
+from lake_assets.core.cdc.iceberg import BATCH_ID, batch_summary, committed_batches, conform, load_or_create, load_table
 from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
 from lake_assets.core.registry import TableConfig
 
@@ -25,6 +27,7 @@ DELETED_AT = "_lake_deleted_at"
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("file", pa.string()),
+        ("file_version", pa.int32()),
         ("row", pa.int64()),
         ("reason", pa.string()),
         ("raw", pa.string()),
@@ -35,16 +38,23 @@ QUARANTINE_SCHEMA = pa.schema(
 
 
 def write_quarantine(
-    catalog: Catalog, table: TableConfig, batch_id: str, rows: list[tuple[str, QuarantinedRow]], now: dt.datetime
+    catalog: Catalog,
+    table: TableConfig,
+    batch_id: str,
+    rows: list[tuple[str, QuarantinedRow]],
+    now: dt.datetime,
+    versions: dict[str, int] | None = None,
 ) -> int:
     if not rows:
         return 0
     tbl = load_or_create(catalog, quarantine_identifier(table.source, table.name), QUARANTINE_SCHEMA)
     if batch_id in committed_batches(tbl):
         return len(rows)
+    versions = versions or {}
     data = pa.table(
         {
             "file": [f for f, _ in rows],
+            "file_version": [versions.get(f, 1) for f, _ in rows],
             "row": [q.row for _, q in rows],
             "reason": [q.reason for _, q in rows],
             "raw": [q.raw for _, q in rows],
@@ -54,16 +64,13 @@ def write_quarantine(
         schema=QUARANTINE_SCHEMA,
     )
     files = sorted({f for f, _ in rows})
-    tbl.append(data, snapshot_properties=batch_summary(batch_id, files, -1, {"quarantined": len(rows)}))
+    tbl.append(conform(data, tbl.schema().as_arrow()), snapshot_properties=batch_summary(batch_id, files, {"quarantined": len(rows)}))
     return len(rows)
 
 
 def load_tombstones(catalog: Catalog, table: TableConfig) -> pa.Table | None:
-    try:
-        tbl = catalog.load_table(tombstone_identifier(table.source, table.name))
-    except NoSuchTableError:
-        return None
-    return tbl.scan().to_arrow()
+    tbl = load_table(catalog, tombstone_identifier(table.source, table.name))
+    return None if tbl is None else tbl.scan().to_arrow()
 
 
 def update_tombstones(
@@ -77,10 +84,10 @@ def update_tombstones(
     reload: bool,
     now: dt.datetime,
 ) -> int:
-    """Keep one tombstone per deleted key (its delete's sequence) for the retention period.
+    """Keep one tombstone per deleted key (its delete's position) for the retention period.
 
     deleted: key columns + _lake_seq of applied deletes; rewritten_keys: keys written by this batch,
-    whose older tombstones are no longer needed (the table row's sequence now guards them).
+    whose older tombstones are no longer needed (the table row's position now guards them).
     Returns the number of tombstones kept.
     """
     keys = list(table.primary_key)
@@ -95,7 +102,10 @@ def update_tombstones(
     con.register("new", new)
     con.register("rw", pa.table({k: rewritten_keys.column(k) for k in keys}) if rewritten_keys.num_rows else new.select(keys).slice(0, 0))
     kcols = ", ".join(f'"{k}"' for k in keys)
-    on = lambda a, b: " AND ".join(f'{a}."{k}" = {b}."{k}"' for k in keys)  # noqa: E731
+
+    def on(a: str, b: str) -> str:
+        return " AND ".join(f'{a}."{k}" = {b}."{k}"' for k in keys)
+
     if old is not None and not reload and old.num_rows:
         con.register("old", old.select(keys + [SEQ, DELETED_AT]))
         union = "SELECT * FROM old UNION ALL SELECT * FROM new"
@@ -118,6 +128,34 @@ def update_tombstones(
     with warnings.catch_warnings():  # an empty tombstone table "matches no records": expected
         warnings.simplefilter("ignore", UserWarning)
         txn.overwrite(conform(kept, txn.table_metadata.schema().as_arrow()),
-                      snapshot_properties=batch_summary(batch_id, [], -1, {"tombstones": kept.num_rows}))
+                      snapshot_properties=batch_summary(batch_id, [], {"tombstones": kept.num_rows}))
     txn.commit_transaction()
     return kept.num_rows
+
+
+def rollback_sidecars(catalog: Catalog, table: TableConfig, batch_id: str) -> list[str]:
+    """Undo what an abandoned (never committed) batch wrote to the sidecar tables. Returns what it undid."""
+    undone = []
+    tomb = load_table(catalog, tombstone_identifier(table.source, table.name))
+    snap = tomb.current_snapshot() if tomb is not None else None
+    if snap is not None and (snap.summary.additional_properties if snap.summary else {}).get(BATCH_ID) == batch_id:
+        if snap.parent_snapshot_id is not None:
+            tomb.manage_snapshots().rollback_to_snapshot(snap.parent_snapshot_id).commit()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                tomb.delete(AlwaysTrue(), snapshot_properties=batch_summary(f"rollback-{batch_id}", [], {}))
+        undone.append(f"tombstones written by batch {batch_id}")
+    quarantine = load_table(catalog, quarantine_identifier(table.source, table.name))
+    if quarantine is not None and batch_id in committed_batches(quarantine):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            quarantine.delete(EqualTo("batch_id", batch_id), snapshot_properties=batch_summary(f"rollback-{batch_id}", [], {}))
+        undone.append(f"quarantined rows written by batch {batch_id}")
+    return undone
+
+
+def drop_sidecars(catalog: Catalog, table: TableConfig) -> None:
+    for identifier in (tombstone_identifier(table.source, table.name), quarantine_identifier(table.source, table.name)):
+        if load_table(catalog, identifier) is not None:
+            catalog.drop_table(identifier)

@@ -1,19 +1,18 @@
-"""The Spark merge job: one batch of a table's landed DMS files into its Iceberg table with MERGE INTO.
+"""The Spark merge job: one batch of a table's landed files into its Iceberg table, with Spark
+executing the shared merge pipeline's plan.
 
     spark-submit [conf] merge_job.py --spec <path | s3://...> [--result <path | s3://...>]
 
-The spec (built by `lake_assets.core.cdc.engines.spark.job_spec`) names the table's registry entry, the
-batch id, the files (landing keys + MD5 of the bytes the ledger claimed), the landing root, the
-catalog and a scratch location. The same script runs under local Spark, in tests (`run_merge` on an
-open session) and on EMR Serverless.
+The spec (built by `lake_assets.core.spark.engine.job_spec`) names the table's registry entry,
+the batch id, the files (landing keys, file versions and the MD5 of the bytes the ledger claimed),
+the landing root, the catalog and a scratch location. The same script runs under local Spark, in
+tests (`run_merge` on an open session) and on EMR Serverless.
 
-Semantics are the CDC core's, not re-decided here: the driver reads the files with the core's reader
-(`read_batch`: typed rows, quarantine, `_lake_seq`), picks winners and rejects tombstoned changes
-with `semantics`, writes quarantine and tombstones with `sidecars` (pyiceberg on the same catalog),
-creates and evolves the table with `iceberg`. Spark does the table side: it classifies winners
-against the table (for counts and tombstones) and applies them with one MERGE INTO (current mode),
-an append (history mode) or a full replacement (reload), committing the batch id and file list in
-the snapshot summary exactly as the in-process engine does, so exactly-once recovery is one code path.
+Nothing is decided here: the driver runs `cdc.pipeline.merge_batch`, the same function the
+in-process engine runs, with `SparkWriter` as its engine. Spark compares the winners with the table
+using the shared rule (`semantics.outcome_sql`, evaluated in Spark SQL) and writes the plan: one
+MERGE INTO driven by those outcomes (current mode), an append (history mode) or a full replacement
+(reload), committing the batch id and counts in the snapshot summary as the in-process engine does.
 
 Results go back as a JSON document (`--result`) and, when Dagster launched the job, as a Pipes
 custom message; logs go through Pipes too.
@@ -41,36 +40,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lake_assets.core.cdc.batch import SEQ, ChangeBatch
+from lake_assets.core.cdc.batch import SEQ, LandedInput
 from lake_assets.core.cdc.dms import OP, LandingKeyError, parse_landing_key
-from lake_assets.core.cdc.runner import env_failpoint
-from lake_assets.core.cdc.iceberg import (
-    arrow_schema_of,
-    batch_summary,
-    committed_batches,
-    conform,
-    current_load_max,
-    evolve_schema,
-    load_or_create,
-    table_properties,
-)
-from lake_assets.core.cdc.engines.inprocess import (
-    MergeResult,
-    table_schema_for,
-    history_rows,
-    with_lake_columns,
-    read_batch,
-)
-from lake_assets.core.cdc.semantics import reject_tombstoned, winners
-from lake_assets.core.cdc.engines.spark import SPEC_VERSION
-from lake_assets.core.cdc.sidecars import load_tombstones, update_tombstones, write_quarantine
+from lake_assets.core.spark.engine import SPEC_VERSION
+from lake_assets.core.cdc.iceberg import arrow_schema_of, committed_batches, conform
+from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, env_failpoint, merge_batch
+from lake_assets.core.cdc.semantics import DELETE, INSERT, UPDATE, WIN, Classification, outcome_sql
 from lake_assets.core.landing import LocalLandingZone, S3LandingZone
 from lake_assets.core.registry import TableConfig
 from lake_assets.core.spark.conf import CATALOG_NAME, CatalogSettings
 
-WIN = "__lake_w"  # index of a winner in the batch, carried through Spark to name outcomes
-HAS_TOMBSTONE = "__lake_t"  # the winner's key holds a tombstone
-INSERT, UPDATE, DELETE, ABSENT_DELETE, STALE = "insert", "update", "delete", "absent_delete", "stale"
 COMMIT_METADATA = "org.apache.iceberg.spark.CommitMetadata"
 
 Log = Callable[[str], None]
@@ -130,8 +109,8 @@ def _landing_zone(root: str):
     return LocalLandingZone(Path(root))
 
 
-def read_landed(spec: dict) -> tuple[list, dict[str, str]]:
-    """The spec's files as (DmsFile, bytes); a file that moved or changed since it was claimed fails alone."""
+def read_landed(spec: dict) -> tuple[list[LandedInput], dict[str, str]]:
+    """The spec's files with their bytes; a file that moved or changed since it was claimed fails alone."""
     landing = _landing_zone(spec["landing"])
     files, failed = [], {}
     for entry in spec["files"]:
@@ -149,15 +128,17 @@ def read_landed(spec: dict) -> tuple[list, dict[str, str]]:
         if md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
             failed[key] = f"{key}: content changed since the batch was claimed (expected MD5 {md5})"
             continue
-        files.append((f, data))
+        files.append(LandedInput(f, data, int(entry.get("version", 1))))
     return files, failed
 
 
 # --- Spark helpers --------------------------------------------------------------------------------
 
 
-def spark_identifier(table: TableConfig) -> str:
-    return f"{CATALOG_NAME}.`{table.source}`.`{table.name}`"
+def spark_identifier_of(identifier: str) -> str:
+    """`lake`.`source`.`table` for Spark SQL."""
+    source, name = identifier.split(".")
+    return f"{CATALOG_NAME}.`{source}`.`{name}`"
 
 
 @contextmanager
@@ -194,6 +175,12 @@ class Scratch:
         self.base = base.rstrip("/") + "/" + name
         self._written: list[str] = []
 
+    def location(self, name: str) -> str:
+        """Where Spark writes an output of this batch (a directory of Parquet parts)."""
+        location = f"{self.base}/{name}"
+        self._written.append(location)
+        return location
+
     def write(self, name: str, data: pa.Table) -> str:
         location = f"{self.base}/{name}.parquet"
         if location.startswith("s3://"):
@@ -209,91 +196,129 @@ class Scratch:
         self._written.append(location)
         return location
 
+    def read(self, location: str) -> pa.Table:
+        return pq.read_table(location)
+
     def cleanup(self) -> None:
         if self.base.startswith("s3://"):
             import boto3
 
             s3 = boto3.client("s3")
-            for location in self._written:
-                s3.delete_object(Bucket=_s3_parts(location)[0], Key=_s3_parts(location)[1])
+            bucket, prefix = _s3_parts(self.base)
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+                for obj in page.get("Contents", []):
+                    s3.delete_object(Bucket=bucket, Key=obj["Key"])
         else:
             shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _typed_source(spark, location: str, ident: str, extra: dict | None = None):
-    """The Parquet rows read with the table's own Spark schema (no inference pass), plus `extra`
-    columns (name -> Spark type). The rows were conformed to the table's Arrow schema first."""
-    from pyspark.sql.types import StructField, StructType
-
-    target = spark.table(ident).schema
-    fields = list(target.fields) + [StructField(c, t) for c, t in (extra or {}).items()]
-    return spark.read.schema(StructType(fields)).parquet(location)
 
 
 def _on(keys: tuple[str, ...], left: str, right: str) -> str:
     return " AND ".join(f"{left}.`{k}` = {right}.`{k}`" for k in keys)
 
 
-NEWER = f"(t.`{SEQ}` IS NULL OR s.`{SEQ}` > t.`{SEQ}`)"
+OUTCOME = "__lake_outcome"  # a winner's outcome, carried into the MERGE source
 
 
-@dataclass
-class Outcome:
-    """What the winners do to the table: counts per outcome, and the winner indices the tombstone
-    update needs (applied and absent deletes; writes only where the key holds a tombstone)."""
+class SparkWriter:
+    """The Spark side of the pipeline: compares winners with the table in Spark SQL, and writes the
+    plan with MERGE INTO / append / overwrite. Rows travel between the driver and Spark as Parquet
+    in the scratch location, never through py4j collections."""
 
-    counts: dict[str, int]
-    tombstoned: list[int]
-    rewritten: list[int]
+    name = "spark"
+
+    def __init__(self, spark, scratch: Scratch, log: Log = lambda msg: None):
+        self.spark = spark
+        self.scratch = scratch
+        self.log = log
+
+    def classify(self, tbl, win: pa.Table, keys: tuple[str, ...], result: MergeResult) -> Classification:
+        from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+        ident = spark_identifier_of(result.table)
+        marked = pa.table({**{k: win.column(k) for k in keys}, SEQ: win.column(SEQ), OP: win.column(OP)}).append_column(
+            WIN, pa.array(range(win.num_rows), pa.int64()))
+        location = self.scratch.write("winners", marked)
+        table_fields = {f.name: f for f in self.spark.table(ident).schema.fields}
+        schema = StructType([table_fields[k] for k in keys] + [StructField(SEQ, StringType()), StructField(OP, StringType()),
+                                                              StructField(WIN, LongType())])
+        view = f"lake_winners_{uuid.uuid4().hex[:12]}"
+        self.spark.read.schema(schema).parquet(location).createOrReplaceTempView(view)
+        kcols = ", ".join(f"`{k}`" for k in keys)
+        rule = outcome_sql(op=f"w.`{OP}`", change_seq=f"w.`{SEQ}`", held_seq=f"t.`{SEQ}`", held="t.__held")
+        started = time.perf_counter()
+        try:
+            out = self.scratch.location("outcomes")
+            self.spark.sql(
+                f"SELECT w.`{WIN}` AS wi, {rule} AS outcome FROM {view} w "
+                f"LEFT JOIN (SELECT {kcols}, `{SEQ}`, true AS __held FROM {ident}) t ON {_on(keys, 'w', 't')}"
+            ).write.mode("overwrite").parquet(out)
+        finally:
+            self.spark.catalog.dropTempView(view)
+        outcomes = self.scratch.read(out).sort_by("wi")
+        self.log(f"{result.table}: {win.num_rows} winners compared with the table in {time.perf_counter() - started:.1f}s")
+        assert outcomes.column("wi").to_pylist() == list(range(win.num_rows)), "Spark lost or duplicated winners"
+        return Classification(outcomes.column("outcome").combine_chunks())
+
+    def commit(self, catalog, tbl, plan: CommitPlan) -> Committed:
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        identifier = plan.table.identifier
+        ident = spark_identifier_of(identifier)
+        if plan.evolution.changes:
+            # Spark resolves the MERGE's columns against the table in the catalog: commit the schema
+            # first (a metadata-only commit, no snapshot; the columns it adds are nullable).
+            txn = tbl.transaction()
+            plan.evolution.apply(txn)
+            txn.commit_transaction()
+            self.log(f"{identifier}: {'; '.join(plan.evolution.changes)}")
+        target = arrow_schema_of(catalog.load_table(identifier))
+        c = plan.classification
+        if plan.history:
+            rows, action = conform(plan.rows, target), "append"
+        elif plan.reload:
+            rows, action = conform(plan.rows.take(c.written), target), "replace"
+        else:
+            changing = c.indices(INSERT, UPDATE, DELETE)
+            rows = conform(plan.rows.take(changing), target).append_column(OUTCOME, c.outcome.take(changing))
+            action = "merge"
+        if action != "replace" and rows.num_rows == 0:
+            _empty_commit(catalog, identifier, plan.summary)
+        else:
+            location = self.scratch.write(action, rows)
+            fields = list(self.spark.table(ident).schema.fields)
+            if action == "merge":
+                fields.append(StructField(OUTCOME, StringType()))
+            source = self.spark.read.schema(StructType(fields)).parquet(location)
+            started = time.perf_counter()
+            with commit_properties(self.spark, plan.summary):
+                if action == "merge":
+                    view = f"lake_source_{uuid.uuid4().hex[:12]}"
+                    source.createOrReplaceTempView(view)
+                    try:
+                        self.spark.sql(merge_sql(ident, view, plan.table.primary_key, [f.name for f in target]))
+                    finally:
+                        self.spark.catalog.dropTempView(view)
+                elif action == "append":
+                    source.writeTo(ident).append()
+                else:  # a reload: the new full load is the whole table
+                    source.writeTo(ident).overwrite(F.lit(True))
+            self.log(f"{identifier}: {action} committed in {time.perf_counter() - started:.1f}s")
+        committed = committed_batches(catalog.load_table(identifier)).get(plan.batch_id)
+        if committed is None:
+            raise MergeJobError(f"table {identifier}: batch {plan.batch_id}: the {action} committed no snapshot carrying the batch id")
+        return Committed(int(committed["snapshot-id"]), files_rewritten=int(committed.get("deleted-data-files", 0)))
 
 
-def classify(spark, source_view: str, ident: str, keys: tuple[str, ...]) -> Outcome:
-    """The MERGE's own conditions, evaluated once against the table before it runs."""
-    kcols = ", ".join(f"`{k}`" for k in keys)
-    df = spark.sql(
-        f"""SELECT s.`{WIN}` AS wi, s.`{HAS_TOMBSTONE}` AS has_tombstone,
-               CASE WHEN t.__found IS NULL THEN (CASE WHEN s.`_lake_op` = 'D' THEN '{ABSENT_DELETE}' ELSE '{INSERT}' END)
-                    WHEN {NEWER} THEN (CASE WHEN s.`_lake_op` = 'D' THEN '{DELETE}' ELSE '{UPDATE}' END)
-                    ELSE '{STALE}' END AS outcome
-        FROM {source_view} s
-        LEFT JOIN (SELECT {kcols}, `{SEQ}`, true AS __found FROM {ident}) t ON {_on(keys, 's', 't')}"""
-    ).persist()
-    try:
-        counts = {k: 0 for k in (INSERT, UPDATE, DELETE, ABSENT_DELETE, STALE)}
-        counts.update({r.outcome: r["count"] for r in df.groupBy("outcome").count().collect()})
-        needed = df.where(
-            f"outcome IN ('{DELETE}', '{ABSENT_DELETE}') OR (has_tombstone AND outcome IN ('{INSERT}', '{UPDATE}'))"
-        ).select("wi", "outcome").collect()
-    finally:
-        df.unpersist()
-    tombstoned = sorted(r.wi for r in needed if r.outcome in (DELETE, ABSENT_DELETE))
-    rewritten = sorted(r.wi for r in needed if r.outcome in (INSERT, UPDATE))
-    return Outcome(counts, tombstoned, rewritten)
-
-
-def has_tombstone(win: pa.Table, tombstones: pa.Table | None, keys: tuple[str, ...]) -> pa.Array:
-    """Per winner: does its key hold a tombstone? (Only those writes change the tombstone table.)"""
-    if tombstones is None or tombstones.num_rows == 0 or win.num_rows == 0:
-        return pa.array([False] * win.num_rows, pa.bool_())
-    import duckdb
-
-    con = duckdb.connect()
-    con.register("w", pa.table({k: win.column(k) for k in keys}).append_column(WIN, pa.array(range(win.num_rows), pa.int64())))
-    con.register("t", pa.table({k: tombstones.column(k) for k in keys}))
-    on = " AND ".join(f'w."{k}" = t."{k}"' for k in keys)
-    hit = con.execute(f'SELECT w."{WIN}" FROM w WHERE EXISTS (SELECT 1 FROM t WHERE {on})').arrow().read_all().column(0)
-    con.close()
-    return pc.is_in(pa.array(range(win.num_rows), pa.int64()), value_set=hit.combine_chunks().cast(pa.int64()))
-
-
-def merge_sql(ident: str, source_view: str, keys: tuple[str, ...]) -> str:
+def merge_sql(ident: str, source_view: str, keys: tuple[str, ...], columns: list[str]) -> str:
+    """MERGE INTO driven by the outcomes the pipeline decided: the statement re-decides nothing."""
+    sets = ", ".join(f"t.`{c}` = s.`{c}`" for c in columns)
+    cols = ", ".join(f"`{c}`" for c in columns)
+    vals = ", ".join(f"s.`{c}`" for c in columns)
     return f"""MERGE INTO {ident} t USING {source_view} s ON {_on(keys, 't', 's')}
-WHEN MATCHED AND {NEWER} AND s.`_lake_op` = 'D' THEN DELETE
-WHEN MATCHED AND {NEWER} THEN UPDATE SET *
-WHEN NOT MATCHED AND s.`_lake_op` <> 'D' THEN INSERT *"""
-
-
-# --- the merge --------------------------------------------------------------------------------------
+WHEN MATCHED AND s.`{OUTCOME}` = '{DELETE}' THEN DELETE
+WHEN MATCHED AND s.`{OUTCOME}` = '{UPDATE}' THEN UPDATE SET {sets}
+WHEN NOT MATCHED AND s.`{OUTCOME}` = '{INSERT}' THEN INSERT ({cols}) VALUES ({vals})"""
 
 
 def _empty_commit(catalog, identifier: str, summary: dict[str, str]) -> None:
@@ -303,147 +328,6 @@ def _empty_commit(catalog, identifier: str, summary: dict[str, str]) -> None:
     with txn.update_snapshot(snapshot_properties=summary).overwrite():
         pass
     txn.commit_transaction()
-
-
-def apply_batch(
-    spark,
-    catalog,
-    batch: ChangeBatch,
-    batch_id: str,
-    *,
-    now: dt.datetime,
-    scratch: str,
-    log: Log = lambda msg: None,
-    failpoint: Callable[[str], None] = lambda name: None,
-) -> MergeResult:
-    """InProcessEngine.apply with Spark doing the table side; the same steps in the same order."""
-    table = batch.table
-    file_keys = [f.key for f in batch.files]
-    ident = spark_identifier(table)
-    result = MergeResult(table.identifier, batch_id, file_keys, rows_read=batch.rows_read)
-    history = table.mode == "history"
-    schema = table_schema_for(batch, history)
-    tbl = load_or_create(catalog, table.identifier, schema, partition_by=table.partition_by, properties=table_properties(table))
-    done = committed_batches(tbl)
-    if batch_id in done:  # resumed after a crash that came after the commit
-        result.already_committed = True
-        result.snapshot_id = int(done[batch_id]["snapshot-id"])
-        log(f"{table.identifier}: batch {batch_id} is already committed (snapshot {result.snapshot_id})")
-        return result
-
-    result.quarantined = write_quarantine(catalog, table, batch_id, batch.quarantined, now)
-    load_max = current_load_max(tbl)
-    loads = batch.load_numbers
-    result.reload = bool(loads) and loads[0] <= load_max
-    new_load_max = max([load_max] + loads) if not result.reload else max(loads)
-
-    # Schema additions and widenings are committed before Spark writes (a metadata-only commit, no
-    # snapshot): Spark's MERGE resolves columns against the table as it is in the catalog.
-    txn = tbl.transaction()
-    result.schema_changes = evolve_schema(txn, table.identifier, schema, file_keys)
-    if result.schema_changes:
-        txn.commit_transaction()
-        log(f"{table.identifier}: {'; '.join(result.schema_changes)}")
-    target = arrow_schema_of(catalog.load_table(table.identifier))
-
-    work = Scratch(scratch, table, batch_id)
-    try:
-        if history:
-            rows = conform(history_rows(batch.changes, batch_id, now), target)
-            result.appended = rows.num_rows
-            action, data = ("append" if rows.num_rows else "none"), rows
-        else:
-            action, data = _plan_current(spark, catalog, batch, batch_id, now, result, target, ident, work, log)
-        summary = batch_summary(batch_id, file_keys, new_load_max, result.counts())
-        failpoint("before_commit")
-        started = time.perf_counter()
-        _commit(spark, catalog, table, ident, action, data, summary, work)
-        log(f"{table.identifier}: {action} committed in {time.perf_counter() - started:.1f}s")
-    finally:
-        work.cleanup()
-    failpoint("after_commit")
-
-    committed = committed_batches(catalog.load_table(table.identifier)).get(batch_id)
-    if committed is None:
-        raise MergeJobError(f"table {table.identifier}: batch {batch_id}: the {action} committed no snapshot carrying the batch id")
-    result.snapshot_id = int(committed["snapshot-id"])
-    result.files_rewritten = int(committed.get("deleted-data-files", 0))
-    return result
-
-
-def _plan_current(spark, catalog, batch: ChangeBatch, batch_id, now, result: MergeResult, target: pa.Schema, ident, work: Scratch, log: Log):
-    table = batch.table
-    keys = table.primary_key
-    win = winners(batch.changes, keys)
-    tombstones = load_tombstones(catalog, table)
-    win, result.tombstone_rejected = reject_tombstoned(win, None if result.reload else tombstones, keys)
-    rows = conform(with_lake_columns(win, batch_id, now), target)  # the winners in the table's columns
-
-    if result.reload:
-        is_delete = pc.equal(win.column(OP), "D")
-        inserts = pc.indices_nonzero(pc.invert(is_delete))
-        tombstoned = pc.indices_nonzero(is_delete)
-        written = inserts
-        result.inserted = len(inserts)
-        action, data = "replace", rows.take(inserts)
-    elif win.num_rows == 0:
-        written = tombstoned = pa.array([], pa.int64())
-        action, data = "none", rows
-    else:
-        marked = rows.append_column(WIN, pa.array(range(rows.num_rows), pa.int64()))
-        marked = marked.append_column(HAS_TOMBSTONE, has_tombstone(win, tombstones, keys))
-        location = work.write("winners", marked)
-        view = f"lake_winners_{uuid.uuid4().hex[:12]}"
-        from pyspark.sql.types import BooleanType, LongType
-
-        _typed_source(spark, location, ident, extra={WIN: LongType(), HAS_TOMBSTONE: BooleanType()}).createOrReplaceTempView(view)
-        started = time.perf_counter()
-        try:
-            outcome = classify(spark, view, ident, keys)
-        finally:
-            spark.catalog.dropTempView(view)
-        log(f"{table.identifier}: {win.num_rows} winners classified against the table in {time.perf_counter() - started:.1f}s")
-        result.inserted = outcome.counts[INSERT]
-        result.updated = outcome.counts[UPDATE]
-        result.deleted = outcome.counts[DELETE]
-        result.stale_skipped = outcome.counts[STALE]
-        written = pa.array(outcome.rewritten, pa.int64())
-        tombstoned = pa.array(outcome.tombstoned, pa.int64())
-        changes = result.inserted + result.updated + result.deleted
-        action, data = ("merge", location) if changes else ("none", rows)
-
-    update_tombstones(
-        catalog, table, batch_id, old=tombstones, deleted=win.take(tombstoned),
-        rewritten_keys=win.take(written).select(list(keys)), reload=result.reload, now=now,
-    )
-    return action, data
-
-
-def _commit(spark, catalog, table: TableConfig, ident: str, action: str, data, summary: dict[str, str], work: Scratch) -> None:
-    from pyspark.sql import functions as F
-
-    if action == "none":
-        _empty_commit(catalog, table.identifier, summary)
-        return
-    if action == "merge":
-        location = data
-    else:
-        location = work.write(action, data)
-    source = _typed_source(spark, location, ident)
-    with commit_properties(spark, summary):
-        if action == "merge":
-            view = f"lake_source_{uuid.uuid4().hex[:12]}"
-            source.createOrReplaceTempView(view)
-            try:
-                spark.sql(merge_sql(ident, view, table.primary_key))
-            finally:
-                spark.catalog.dropTempView(view)
-        elif action == "append":
-            source.writeTo(ident).append()
-        elif action == "replace":  # a reload: the new full load is the whole table
-            source.writeTo(ident).overwrite(F.lit(True))
-        else:
-            raise ValueError(f"unknown merge action {action!r}")
 
 
 def job_failpoint(name: str) -> None:
@@ -458,17 +342,20 @@ def run_merge(spark, spec: dict, *, log: Log = lambda msg: None, failpoint: Call
     table = TableConfig.from_json_dict(spec["table"])
     catalog = CatalogSettings.from_json_dict(spec["catalog"]).load()
     now = dt.datetime.fromisoformat(spec["now"])
-    started = time.perf_counter()
-    files, failed = read_landed(spec)
-    batch, unreadable = read_batch(table, files)
-    failed.update(unreadable)
-    for reason in failed.values():
+    files, unreachable = read_landed(spec)
+    for reason in unreachable.values():
         log(f"{table.identifier}: file left out of batch {spec['batch_id']}: {reason}")
-    log(f"{table.identifier}: batch {spec['batch_id']}: {batch.changes.num_rows} changes from {len(batch.files)} files")
-    result = apply_batch(spark, catalog, batch, spec["batch_id"], now=now, scratch=spec["scratch"], log=log, failpoint=failpoint)
-    result.failed_files = failed
-    result.per_file = batch.per_file
-    result.seconds = time.perf_counter() - started
+    work = Scratch(spec["scratch"], table, spec["batch_id"])
+    try:
+        result = merge_batch(SparkWriter(spark, work, log), catalog, table, files, spec["batch_id"], now=now,
+                             reload_requested=bool(spec.get("reload_requested")), failpoint=failpoint)
+    finally:
+        work.cleanup()
+    result.failed_files = {**unreachable, **result.failed_files}
+    for key, reason in result.failed_files.items():
+        if key not in unreachable:
+            log(f"{table.identifier}: file left out of batch {spec['batch_id']}: {reason}")
+    log(f"{table.identifier}: batch {spec['batch_id']}: {result.rows_read} rows from {len(result.files)} files")
     return result_to_json(result)
 
 

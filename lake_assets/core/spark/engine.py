@@ -21,13 +21,13 @@ from typing import Callable
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 
-from lake_assets.core.cdc.dms import DmsFile
-from lake_assets.core.cdc.iceberg import SchemaDriftError
-from lake_assets.core.cdc.engines.inprocess import MergeResult
+from lake_assets.core.cdc.batch import LandedInput
+from lake_assets.core.cdc.iceberg import SchemaDriftError, TableDefinitionError
+from lake_assets.core.cdc.pipeline import EngineInterrupted, MergeResult
 from lake_assets.core.registry import TableConfig
 from lake_assets.core.spark.conf import CatalogSettings, catalog_settings_of
 
-SPEC_VERSION = 1  # the job spec's layout; the job refuses a spec of another version
+SPEC_VERSION = 2  # the job spec's layout; the job refuses a spec of another version
 
 Launcher = Callable[[dict], dict]
 """Runs a job spec and returns the job's result document: {"ok": true, "result": {...MergeResult}}
@@ -38,21 +38,27 @@ class SparkJobError(RuntimeError):
     """The Spark job failed or could not be run; the message names the table, batch and reason."""
 
 
+class SparkJobInterrupted(SparkJobError, EngineInterrupted):
+    """The Spark job ended without a result document (killed, out of memory, its run failed)."""
+
+
 def job_spec(
     table: TableConfig,
-    files: list[tuple[DmsFile, bytes]],
+    files: list[LandedInput],
     batch_id: str,
     *,
     landing: str,
     catalog: CatalogSettings,
     scratch: str,
     now: dt.datetime,
+    reload_requested: bool = False,
 ) -> dict:
     return {
         "version": SPEC_VERSION,
         "table": table.to_json_dict(),
         "batch_id": batch_id,
-        "files": [{"key": f.key, "md5": hashlib.md5(data, usedforsecurity=False).hexdigest()} for f, data in files],
+        "files": [{"key": f.key, "version": f.version, "md5": hashlib.md5(f.data, usedforsecurity=False).hexdigest()} for f in files],
+        "reload_requested": reload_requested,
         "landing": landing,
         "catalog": catalog.to_json_dict(),
         "scratch": scratch,
@@ -73,6 +79,8 @@ def result_from_document(table: TableConfig, batch_id: str, doc: dict) -> MergeR
     kind, message = err.get("type", "Error"), err.get("message", "no reason reported")
     if kind == "SchemaDriftError":
         raise SchemaDriftError(message)
+    if kind == "TableDefinitionError":
+        raise TableDefinitionError(message)
     if kind == "CommitFailedException":
         raise CommitFailedException(f"table {table.identifier}: batch {batch_id}: {message}")
     detail = f"\n{err['traceback']}" if err.get("traceback") else ""
@@ -100,16 +108,18 @@ class SparkEngine:
         self,
         catalog: Catalog,
         table: TableConfig,
-        files: list[tuple[DmsFile, bytes]],
+        files: list[LandedInput],
         batch_id: str,
         *,
         now: dt.datetime | None = None,
+        reload_requested: bool = False,
         failpoint=lambda name: None,
     ) -> MergeResult:
         started = time.perf_counter()
         now = now or dt.datetime.now(dt.UTC)
         settings = self.catalog_settings or catalog_settings_of(catalog)
-        spec = job_spec(table, files, batch_id, landing=self.landing, catalog=settings, scratch=self.scratch, now=now)
+        spec = job_spec(table, files, batch_id, landing=self.landing, catalog=settings, scratch=self.scratch, now=now,
+                        reload_requested=reload_requested)
         # Crash points as the runner knows them: before the job (nothing of the batch is written) and
         # after it (committed, ledger not yet told). Inside the job, LAKE_FAILPOINT=spark:<point>.
         failpoint("before_commit")

@@ -1,0 +1,203 @@
+"""The in-process engine: DuckDB/Arrow compare, pyiceberg commits one copy-on-write snapshot.
+
+Only data files whose partition and key range can hold a changed key are scanned, and only files
+that really hold a replaced or deleted row are rewritten. This is not `Table.upsert` (see DESIGN.md:
+it evaluates a huge `In` filter per file). What a batch does is decided by the shared pipeline
+(`cdc/pipeline.py`); this module only compares winners with the table and writes the plan.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
+from pyiceberg.conversions import from_bytes
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.table import Table
+
+from lake_assets.core.cdc.batch import SEQ, LandedInput
+from lake_assets.core.cdc.dms import OP
+from lake_assets.core.cdc.iceberg import committed_batches, conform
+from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, merge_batch
+from lake_assets.core.cdc.semantics import WIN, Classification, outcome_sql, quote
+from lake_assets.core.registry import TableConfig
+
+POS = "__pos"  # position of an existing row in its data file
+FILE_IX = "__file"  # index of the data file the existing row lives in
+
+
+class DataFileError(RuntimeError):
+    """A data file of the Iceberg table cannot be read (truncated, missing); names table and file."""
+
+
+@dataclass
+class _Touched:
+    """What the commit needs from the classification: the scanned files, and the (file, position)
+    of every existing row an update or delete replaces."""
+
+    tasks: list
+    removed: pa.Table  # FILE_IX, POS
+
+
+def _as_comparable(col: pa.ChunkedArray | pa.Array) -> list:
+    t = col.type
+    if pa.types.is_date(t):
+        col = col.cast(pa.int32())
+    elif pa.types.is_timestamp(t):
+        col = col.cast(pa.int64())
+    return sorted(set(col.to_pylist()))
+
+
+def _partition_filter(tbl: Table, win: pa.Table, keys: tuple[str, ...]):
+    """Partition tuples the batch's keys live in, or None when partitions cannot prune.
+
+    Only sound when every partition source column is part of the primary key: then a key can never
+    move to another partition, so a file of any other partition cannot hold it.
+    """
+    spec = tbl.spec()
+    if spec.is_unpartitioned():
+        return None
+    schema = tbl.schema()
+    columns = []
+    for pfield in spec.fields:
+        source = schema.find_field(pfield.source_id)
+        if source.name not in keys:
+            return None
+        columns.append(pfield.transform.pyarrow_transform(source.field_type)(win.column(source.name).combine_chunks()).to_pylist())
+    return spec.spec_id, set(zip(*columns))
+
+
+def candidate_tasks(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[list, int]:
+    """Scan tasks of data files that may hold one of the batch's keys: partition, then key-range pruning."""
+    if tbl.current_snapshot() is None or win.num_rows == 0:
+        return [], 0
+    first = tbl.schema().find_field(keys[0])
+    wanted = _as_comparable(win.column(keys[0]))
+    partitions = _partition_filter(tbl, win, keys)
+    tasks = list(tbl.scan().plan_files())
+    out = []
+    for task in tasks:
+        if partitions is not None and task.file.spec_id == partitions[0]:
+            if tuple(task.file.partition) not in partitions[1]:
+                continue
+        lo_b = task.file.lower_bounds.get(first.field_id) if task.file.lower_bounds else None
+        hi_b = task.file.upper_bounds.get(first.field_id) if task.file.upper_bounds else None
+        if lo_b is None or hi_b is None:
+            out.append(task)
+            continue
+        lo, hi = from_bytes(first.field_type, lo_b), from_bytes(first.field_type, hi_b)
+        i = bisect.bisect_left(wanted, lo)
+        if i < len(wanted) and wanted[i] <= hi:
+            out.append(task)
+    return out, len(tasks)
+
+
+def scan_files(tbl: Table, identifier: str, tasks: list, columns: list[str] | None = None) -> list[pa.Table]:
+    """Read data files of the table, one table per task; a file that cannot be read names itself."""
+    schema = tbl.schema() if columns is None else tbl.schema().select(*columns)
+    scan = ArrowScan(tbl.metadata, tbl.io, schema, AlwaysTrue())
+    out = []
+    for task in tasks:
+        try:
+            out.append(scan.to_table([task]))
+        except Exception as e:  # noqa: BLE001 - pyarrow names the buffer, not the file
+            raise DataFileError(
+                f"table {identifier}: data file {task.file.file_path} cannot be read ({type(e).__name__}: {str(e)[:300]}); "
+                "the table's storage is damaged: restore the file or rebuild the table from its landed files"
+            ) from e
+    return out
+
+
+class InProcessWriter:
+    """Compares winners with the rows of the candidate data files in DuckDB, and commits one
+    copy-on-write snapshot with pyiceberg."""
+
+    name = "inprocess"
+
+    def classify(self, tbl: Table, win: pa.Table, keys: tuple[str, ...], result: MergeResult) -> Classification:
+        identifier = result.table
+        tasks, result.files_in_table = candidate_tasks(tbl, win, keys)
+        result.files_read = len(tasks)
+        existing = [
+            t.append_column(FILE_IX, pa.array([i] * t.num_rows, pa.int64())).append_column(POS, pa.array(range(t.num_rows), pa.int64()))
+            for i, t in enumerate(scan_files(tbl, identifier, tasks, list(keys) + [SEQ]))
+        ]
+        held = pa.concat_tables(existing).select(list(keys) + [SEQ, FILE_IX, POS]) if existing else pa.table(
+            {**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
+             FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
+        w = pa.table({**{k: win.column(k) for k in keys}, SEQ: win.column(SEQ), OP: win.column(OP)}).append_column(
+            WIN, pa.array(range(win.num_rows), pa.int64()))
+        con = duckdb.connect()
+        con.register("w", w)
+        con.register("e", held)
+        on = " AND ".join(f"w.{quote(k)} = e.{quote(k)}" for k in keys)
+        rule = outcome_sql(op=f"w.{OP}", change_seq=f"w.{SEQ}", held_seq=f"e.{SEQ}", held=f"e.{POS} IS NOT NULL")
+        con.execute(f"CREATE TEMP TABLE j AS SELECT w.{WIN} AS wi, {rule} AS outcome, e.{FILE_IX} AS fi, e.{POS} AS pos "
+                    f"FROM w LEFT JOIN e ON {on}")
+        outcome = con.execute("SELECT outcome FROM j ORDER BY wi").arrow().read_all().column(0).combine_chunks()
+        removed = con.execute(
+            f"SELECT fi AS {FILE_IX}, pos AS {POS} FROM j WHERE outcome IN ('update', 'delete') ORDER BY fi, pos"
+        ).arrow().read_all()
+        con.close()
+        return Classification(outcome, _Touched(tasks, removed))
+
+    def commit(self, catalog: Catalog, tbl: Table, plan: CommitPlan) -> Committed:
+        txn = tbl.transaction()
+        plan.evolution.apply(txn)
+        target = txn.table_metadata.schema().as_arrow()
+        identifier = plan.table.identifier
+        to_delete: list = []
+        if plan.history:
+            new_rows = conform(plan.rows, target)
+        else:
+            c = plan.classification
+            assert c is not None
+            parts: list[pa.Table] = []
+            if plan.reload:
+                to_delete = [t.file for t in tbl.scan().plan_files()] if tbl.current_snapshot() else []
+            elif isinstance(c.private, _Touched):
+                removed = c.private.removed
+                touched = sorted(set(removed.column(FILE_IX).to_pylist()))
+                for i, data in zip(touched, scan_files(tbl, identifier, [c.private.tasks[i] for i in touched])):
+                    gone = pc.filter(removed.column(POS), pc.equal(removed.column(FILE_IX), i))
+                    keep = pc.invert(pc.is_in(pa.array(range(data.num_rows), pa.int64()), value_set=gone.combine_chunks()))
+                    parts.append(conform(data.filter(keep), target))
+                to_delete = [c.private.tasks[i].file for i in touched]
+            parts.append(conform(plan.rows.take(c.written), target))
+            new_rows = pa.concat_tables(parts)
+        with txn.update_snapshot(snapshot_properties=plan.summary).overwrite() as ow:
+            for data_file in to_delete:
+                ow.delete_data_file(data_file)
+            if new_rows.num_rows:
+                for data_file in _dataframe_to_data_files(txn.table_metadata, new_rows, tbl.io, ow.commit_uuid):
+                    ow.append_data_file(data_file)
+        committed = txn.commit_transaction()
+        done = committed_batches(committed).get(plan.batch_id)
+        assert done is not None, f"table {identifier}: the commit of batch {plan.batch_id} carries no batch id"
+        return Committed(int(done["snapshot-id"]), files_rewritten=len(to_delete))
+
+
+class InProcessEngine:
+    """The engine the exactly-once runner calls: the shared pipeline with the in-process writer."""
+
+    name = "inprocess"
+
+    def merge(
+        self,
+        catalog: Catalog,
+        table: TableConfig,
+        files: list[LandedInput],
+        batch_id: str,
+        *,
+        now: dt.datetime | None = None,
+        reload_requested: bool = False,
+        failpoint=lambda name: None,
+    ) -> MergeResult:
+        return merge_batch(InProcessWriter(), catalog, table, files, batch_id, now=now,
+                           reload_requested=reload_requested, failpoint=failpoint)

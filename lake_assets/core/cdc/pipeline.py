@@ -1,0 +1,257 @@
+"""The one merge pipeline: the steps a batch goes through and their order, for every engine.
+
+    read files -> positions -> (table definition) -> load decision -> schema evolution planned ->
+    winners -> tombstones -> classified against the table -> sidecars -> commit with the batch id
+
+Everything that decides what a batch does lives here and in the modules it calls (`batch`,
+`position`, `semantics`, `loads`, `iceberg`, `sidecars`). An engine is a `TableWriter`: it
+classifies winners against the table with the shared rule (`semantics.outcome_sql`) and executes
+the commit. The in-process engine does both with DuckDB/Arrow and pyiceberg; the Spark job runs
+this same function on its driver with a writer that uses Spark (`core/spark/merge_job.py`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+
+from lake_assets.core.cdc.batch import FILE, SEQ, ChangeBatch, LandedInput, read_batch
+from lake_assets.core.cdc.dms import OP, ROW
+from lake_assets.core.cdc.iceberg import (
+    SchemaEvolution,
+    batch_summary,
+    check_definition,
+    committed_batches,
+    create_source_table,
+    load_table,
+    plan_evolution,
+    table_sequence_kind,
+)
+from lake_assets.core.cdc.loads import LoadDecision, current_load, decide_load
+from lake_assets.core.cdc.position import SequenceKind
+from lake_assets.core.cdc.semantics import (
+    DELETE,
+    INSERT,
+    STALE,
+    UPDATE,
+    Classification,
+    reject_tombstoned,
+    reload_classification,
+    winners,
+)
+from lake_assets.core.cdc.sidecars import load_tombstones, update_tombstones, write_quarantine
+from lake_assets.core.registry import TableConfig
+
+LAKE_OP = "_lake_op"
+BATCH = "_lake_batch_id"
+INGESTED_AT = "_lake_ingested_at"
+LAKE_ROW = "_lake_row"
+
+TS = pa.timestamp("us", tz="UTC")
+Failpoint = Callable[[str], None]
+
+
+class EngineInterrupted(RuntimeError):
+    """The engine's process ended without reporting a result (killed, out of memory, lost node).
+    Its batch stays claimed and is resumed with the same id; a resumed batch that is interrupted
+    again is taken apart file by file, so a file that kills its engine cannot wedge the table."""
+
+
+def env_failpoint(name: str) -> None:
+    """Crash on purpose where LAKE_FAILPOINT names this point (the crash-recovery tests)."""
+    if os.environ.get("LAKE_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class MergeResult:
+    table: str
+    batch_id: str
+    files: list[str]
+    rows_read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    appended: int = 0  # history mode
+    stale_skipped: int = 0  # changes not newer than the table's row
+    tombstone_rejected: int = 0  # changes older than a delete
+    quarantined: int = 0
+    reload: bool = False
+    reload_reason: str | None = None
+    snapshot_id: int | None = None
+    schema_changes: list[str] = field(default_factory=list)
+    failed_files: dict[str, str] = field(default_factory=dict)
+    files_rewritten: int = 0
+    files_read: int = 0  # data files whose keys were read (after pruning)
+    files_in_table: int = 0
+    seconds: float = 0.0
+    already_committed: bool = False
+    per_file: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "rows-read": self.rows_read,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "appended": self.appended,
+            "stale-skipped": self.stale_skipped,
+            "tombstone-rejected": self.tombstone_rejected,
+            "quarantined": self.quarantined,
+        }
+
+
+def with_lake_columns(changes: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:
+    """Changes as rows of a current-mode table: data columns plus _lake_seq/_op/_batch_id/_ingested_at."""
+    n = changes.num_rows
+    out = changes.drop_columns([c for c in (OP, FILE, ROW) if c in changes.column_names])
+    out = out.append_column(LAKE_OP, changes.column(OP))
+    out = out.append_column(BATCH, pa.array([batch_id] * n, pa.string()))
+    return out.append_column(INGESTED_AT, pa.array([now] * n, TS))
+
+
+def history_rows(changes: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:
+    """Changes as rows of a history-mode table: every change, with its file and row."""
+    out = with_lake_columns(changes, batch_id, now)
+    out = out.append_column(FILE, changes.column(FILE))
+    return out.append_column(LAKE_ROW, changes.column(ROW))
+
+
+def table_schema_for(batch: ChangeBatch, history: bool) -> pa.Schema:
+    """The Arrow schema a batch's table has (tables are created and evolved from it)."""
+    sample = batch.changes.slice(0, 0)
+    now = dt.datetime.now(dt.UTC)
+    return (history_rows(sample, "", now) if history else with_lake_columns(sample, "", now)).schema
+
+
+@dataclass
+class CommitPlan:
+    """What the engine commits in one snapshot (the in-process engine) or one Spark write plus a
+    metadata commit for the schema (Spark): everything is decided already."""
+
+    table: TableConfig
+    batch_id: str
+    evolution: SchemaEvolution
+    summary: dict[str, str]
+    reload: bool
+    history: bool
+    rows: pa.Table  # history: every change; current: the winners, their lake columns included
+    classification: Classification | None = None  # current mode
+
+
+@dataclass
+class Committed:
+    snapshot_id: int
+    files_rewritten: int = 0
+
+
+class TableWriter(Protocol):
+    """An engine: how winners are compared with the table and how the plan is written."""
+
+    name: str
+
+    def classify(self, tbl: Table, win: pa.Table, keys: tuple[str, ...], result: MergeResult) -> Classification:
+        """Each winner's outcome by `semantics.outcome_sql` against the rows the table holds."""
+        ...
+
+    def commit(self, catalog: Catalog, tbl: Table, plan: CommitPlan) -> Committed:
+        """Apply plan.evolution and write plan.rows as classified, with plan.summary on the snapshot."""
+        ...
+
+
+def merge_batch(
+    writer: TableWriter,
+    catalog: Catalog,
+    table: TableConfig,
+    inputs: list[LandedInput],
+    batch_id: str,
+    *,
+    now: dt.datetime | None = None,
+    reload_requested: bool = False,
+    failpoint: Failpoint = lambda name: None,
+) -> MergeResult:
+    """Merge one batch of a table's landed files. Files that cannot be read are reported in
+    `failed_files` and left out; SchemaDriftError / TableDefinitionError fail the whole batch
+    before anything is written."""
+    started = time.perf_counter()
+    now = now or dt.datetime.now(dt.UTC)
+    tbl = load_table(catalog, table.identifier)
+    if tbl is not None:
+        check_definition(tbl, table)
+    kind = table_sequence_kind(tbl) if tbl is not None else None
+    batch, failed = read_batch(table, inputs, sequence_kind=SequenceKind(kind) if kind else None)
+    result = MergeResult(table.identifier, batch_id, [f.key for f in batch.files], rows_read=batch.rows_read,
+                         failed_files=failed, per_file=batch.per_file)
+    if not batch.files:  # nothing readable: nothing to commit, the files stay failed and retryable
+        result.seconds = time.perf_counter() - started
+        return result
+    if tbl is not None:
+        done = committed_batches(tbl).get(batch_id)
+        if done is not None:  # resumed after a crash that came after the commit
+            result.already_committed = True
+            result.snapshot_id = int(done["snapshot-id"])
+            return result
+
+    history = table.mode == "history"
+    schema = table_schema_for(batch, history)
+    if tbl is None:
+        tbl = create_source_table(catalog, table, schema, sequence_kind=batch.sequence_kind.value if batch.sequence_kind else None,
+                                  files=result.files)
+    loads = decide_load(current_load(tbl), batch.load_numbers, reload_requested=reload_requested)
+    result.reload, result.reload_reason = loads.reload, loads.reason
+    evolution = plan_evolution(tbl, table.identifier, schema, result.files)
+    result.schema_changes = list(evolution.changes)
+
+    tombstones = None
+    if history:
+        rows = history_rows(batch.changes, batch_id, now)
+        result.appended = rows.num_rows
+        classification = None
+    else:
+        tombstones = None if loads.reload else load_tombstones(catalog, table)
+        rows, classification = _current(writer, tbl, batch, batch_id, now, loads, tombstones, result)
+
+    # Sidecars before the commit that makes the batch visible; each is idempotent by batch id.
+    result.quarantined = write_quarantine(catalog, table, batch_id, batch.quarantined, now, batch.versions)
+    if classification is not None:
+        keys = list(table.primary_key)
+        update_tombstones(
+            catalog, table, batch_id, old=tombstones,
+            deleted=rows.take(classification.tombstoned).select(keys + [SEQ]),
+            rewritten_keys=rows.take(classification.written).select(keys), reload=loads.reload, now=now,
+        )
+    summary = batch_summary(batch_id, result.files, result.counts(), loads.summary())
+    plan = CommitPlan(table, batch_id, evolution, summary, loads.reload, history, rows, classification)
+    failpoint("before_commit")
+    committed = writer.commit(catalog, tbl, plan)
+    failpoint("after_commit")
+    result.snapshot_id = committed.snapshot_id
+    result.files_rewritten = committed.files_rewritten
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _current(writer: TableWriter, tbl: Table, batch: ChangeBatch, batch_id: str, now: dt.datetime,
+             loads: LoadDecision, tombstones: pa.Table | None, result: MergeResult) -> tuple[pa.Table, Classification]:
+    """Winners of a current-mode batch and what each does to the table."""
+    keys = batch.table.primary_key
+    win = winners(batch.changes, keys)
+    if loads.reload:
+        classification = reload_classification(win)
+    else:
+        win, result.tombstone_rejected = reject_tombstoned(win, tombstones, keys)
+        classification = writer.classify(tbl, win, keys, result) if win.num_rows else reload_classification(win)
+    result.inserted = classification.count(INSERT)
+    result.updated = classification.count(UPDATE)
+    result.deleted = classification.count(DELETE)
+    result.stale_skipped = classification.count(STALE)
+    assert len(classification.outcome) == win.num_rows, "an engine classified another number of winners"
+    return with_lake_columns(win, batch_id, now), classification

@@ -1,0 +1,208 @@
+"""The CDC contract of DESIGN.md written out plainly, one change at a time: the one oracle every
+engine test compares with.
+
+`TableOracle` is what a batch of files does to a table (positions, winners, tombstones, loads and
+reloads, history); `LandingOracle` is what the ledger makes of what lands (identical re-deliveries,
+duplicate content under another name, file versions). Nothing here shares code with the lake: it
+compares typed Python values where the lake compares encoded strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+LOAD_NAME = re.compile(r"^LOAD([0-9A-F]{8})$")
+
+
+@dataclass(frozen=True)
+class OracleFile:
+    """One file of a batch: its landing key, its version and its rows as written (CDC rows carry "Op")."""
+
+    key: str
+    rows: tuple[dict, ...]
+    version: int = 1
+
+    @property
+    def base(self) -> str:
+        return self.key.rsplit("/", 1)[-1].split(".", 1)[0]
+
+    @property
+    def load_number(self) -> int | None:
+        m = LOAD_NAME.match(self.base)
+        return int(m.group(1), 16) if m else None
+
+
+class BadValue(ValueError):
+    pass
+
+
+def sequence_value(kind: str, v):
+    """The comparable value of a sequence_by value of the table's declared type, or BadValue."""
+    if v is None:
+        return None
+    if kind in ("long", "int"):
+        if isinstance(v, bool):
+            raise BadValue(v)
+        if isinstance(v, int):
+            return Decimal(v)
+        text = str(v).strip()
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise BadValue(v)
+        n = int(text)
+        if not -(2**63) <= n < 2**63:
+            raise BadValue(v)
+        return Decimal(n)
+    if kind == "string" or kind.startswith("decimal"):
+        text = str(v).strip()
+        if not _NUMBER.match(text):
+            raise BadValue(v)
+        try:
+            return Decimal(text)
+        except InvalidOperation:
+            raise BadValue(v) from None
+    if kind in ("timestamp", "timestamptz"):
+        if isinstance(v, str):
+            try:
+                v = dt.datetime.fromisoformat(v.strip())
+            except ValueError:
+                raise BadValue(v) from None
+        return v if v.tzinfo is not None else v.replace(tzinfo=dt.UTC)
+    if kind == "date":
+        if isinstance(v, str):
+            try:
+                return dt.date.fromisoformat(v.strip())
+            except ValueError:
+                raise BadValue(v) from None
+        return v
+    raise AssertionError(f"unknown sequence kind {kind}")
+
+
+@dataclass
+class Counts:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    stale_skipped: int = 0
+    tombstone_rejected: int = 0
+    appended: int = 0
+    quarantined: int = 0
+    reload: bool = False
+
+
+@dataclass
+class TableOracle:
+    """A source-aligned table under the contract. keys: primary key columns; sequence: the declared
+    type of the sequence_by column `seq` (None: no sequence_by); columns: the data columns kept."""
+
+    columns: tuple[str, ...]
+    keys: tuple[str, ...] = ("id",)
+    sequence: str | None = None
+    mode: str = "current"
+    rows: dict = field(default_factory=dict)  # key -> (position, row)
+    tombstones: dict = field(default_factory=dict)  # key -> position of the delete
+    current_load: set = field(default_factory=set)
+    history: list = field(default_factory=list)
+    quarantine: list = field(default_factory=list)  # (file key, version, row number)
+
+    def _position(self, f: OracleFile, n: int, r: dict):
+        """(phase, sequence, name, version, row, key); raises BadValue for a bad row."""
+        is_load = f.load_number is not None
+        seq = ()
+        if self.sequence is not None:
+            value = sequence_value(self.sequence, r.get("seq"))
+            if value is None and not is_load:
+                raise BadValue("null sequence")
+            seq = (0,) if value is None else (1, value)
+        return (0 if is_load else 1, seq, f.base, f.version, n, f.key)
+
+    def merge(self, files: list[OracleFile], *, reload_requested: bool = False) -> Counts:
+        counts = Counts()
+        changes = []
+        for f in files:
+            for n, r in enumerate(f.rows, start=1):
+                op = r.get("Op", "I") if f.load_number is None else "I"
+                try:
+                    if any(r.get(k) is None for k in self.keys):
+                        raise BadValue("null key")
+                    pos = self._position(f, n, r)
+                except BadValue:
+                    self.quarantine.append((f.key, f.version, n))
+                    counts.quarantined += 1
+                    continue
+                row = {c: r.get(c) for c in self.columns}
+                changes.append((pos, op, row, f, n))
+        loads = {f.load_number for f in files if f.load_number is not None}
+        if loads and (loads & self.current_load or reload_requested):
+            counts.reload, self.current_load = True, set(loads)
+        else:
+            self.current_load |= loads
+        if self.mode == "history":
+            for pos, op, row, f, n in changes:
+                self.history.append({**row, "_lake_op": op, "_lake_file": f.key, "_lake_row": n})
+            counts.appended = len(changes)
+            return counts
+        if counts.reload:
+            self.rows, self.tombstones = {}, {}
+        win: dict = {}
+        for pos, op, row, _, _ in changes:
+            key = tuple(row[k] for k in self.keys)
+            if key not in win or pos > win[key][0]:
+                win[key] = (pos, op, row)
+        for key, (pos, op, row) in win.items():
+            if not counts.reload and key in self.tombstones and pos < self.tombstones[key]:
+                counts.tombstone_rejected += 1
+                continue
+            held = self.rows.get(key)
+            if held is None:
+                if op == "D":
+                    self.tombstones[key] = pos
+                else:
+                    self.rows[key] = (pos, row)
+                    self.tombstones.pop(key, None)
+                    counts.inserted += 1
+            elif pos > held[0]:
+                if op == "D":
+                    del self.rows[key]
+                    self.tombstones[key] = pos
+                    counts.deleted += 1
+                else:
+                    self.rows[key] = (pos, row)
+                    self.tombstones.pop(key, None)
+                    counts.updated += 1
+            else:
+                counts.stale_skipped += 1
+        return counts
+
+    def current_rows(self) -> list[dict]:
+        return [row for _, (_, row) in sorted(self.rows.items(), key=lambda kv: kv[0])]
+
+
+@dataclass
+class LandingOracle:
+    """What the ledger makes of the landing zone's state at each ingest."""
+
+    recorded: set = field(default_factory=set)  # (key, checksum)
+    checksums: set = field(default_factory=set)  # content recorded for the table
+    versions: dict = field(default_factory=dict)  # key -> highest version
+
+    def arrivals(self, landed: dict[str, tuple[str, tuple[dict, ...]]]) -> list[OracleFile]:
+        """landed: key -> (checksum, rows) as the landing zone holds them now. Returns the files the
+        next merge takes: new content under a key becomes its next version; content already
+        recorded for the table (under any name) is no new change."""
+        out = []
+        for key in sorted(landed):
+            checksum, rows = landed[key]
+            if (key, checksum) in self.recorded:
+                continue  # identical re-delivery
+            self.recorded.add((key, checksum))
+            version = self.versions.get(key, 0) + 1
+            self.versions[key] = version
+            if checksum in self.checksums:
+                continue  # the same content under another name: a duplicate delivery
+            self.checksums.add(checksum)
+            out.append(OracleFile(key, rows, version))
+        return out

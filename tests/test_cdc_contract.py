@@ -1,0 +1,195 @@
+"""The CDC contract on random hostile deliveries, through the real landing zone, ledger, runner,
+reader, pipeline and Iceberg tables, compared with the plain oracle (tests/oracle.py).
+
+A history is a list of ingests; before each, files land as real pipelines land them: CDC files
+whose names contradict their sequence, LOAD files in any order and number (LOAD00000000 included),
+a file re-landed under its name with new content (a new version, a reload when it is a LOAD file),
+the bytes of an earlier file under a new name (a duplicate), the same bytes again (an identical
+re-delivery). Sequence values are typed: negative and 35-digit numbers in strings, decimals,
+instants with time zones, dates, plus nulls and junk where a format can carry them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+from tests.lakehelpers import make_lake
+from tests.oracle import LandingOracle, TableOracle, sequence_value
+
+BASE = dt.datetime(2026, 11, 21, 10, 0, 0)
+KINDS = [None, "long", "string", "decimal(38,2)", "timestamptz", "date"]
+SOURCE = """
+source: prop
+defaults: {{format: {fmt}, csv: {{header: false, null_marker: "NULL"}}}}
+tables:
+  - name: items
+    schema: app
+    primary_key: [id]
+    {seq_line}
+    mode: {mode}
+    columns:
+      - {{name: seq, type: "{seq_type}"}}
+      - {{name: id, type: long}}
+      - {{name: val, type: long}}
+      - {{name: note, type: string}}
+"""
+DATA = ("id", "val", "note", "seq")
+
+
+def seq_values(kind: str | None, fmt: str):
+    """Sequence values of a kind: mostly comparable, with ties, plus nulls and junk where they can be written."""
+    if kind is None:  # the column is data, not the order: no bad values
+        return st.one_of(st.integers(-3, 12), st.none())
+    if kind == "long":
+        values = st.one_of(st.integers(-3, 12), st.integers(-(2**62), 2**62))
+        bad = st.just("12abc") if fmt == "csv" else st.nothing()
+    elif kind == "string":
+        values = st.one_of(
+            st.integers(-20, 20).map(str),
+            st.decimals(-20, 20, places=2).map(str),
+            st.integers(10**34, 10**35 - 1).map(str),  # a DMS $AR_H_CHANGE_SEQ: 35 digits
+            st.sampled_from(["-2.00", "-1.00", "9", "10", "0.5", "+3"]),
+        )
+        bad = st.sampled_from(["abc", "", "1.2.3", "--1"])
+    elif kind == "decimal(38,2)":
+        values = st.decimals(-50, 50, places=2)
+        bad = st.nothing()  # the DMS writer formats every value of a decimal column as a number
+    elif kind == "timestamptz":
+        def at(minutes: int, offset_hours: int):
+            tz = dt.timezone(dt.timedelta(hours=offset_hours))
+            local = (BASE + dt.timedelta(minutes=minutes)).replace(tzinfo=dt.UTC).astimezone(tz)
+            return local.isoformat(sep=" ") if fmt == "csv" else local
+        values = st.builds(at, st.integers(0, 30), st.integers(-8, 9))
+        bad = st.just("yesterday") if fmt == "csv" else st.nothing()
+    else:
+        values = st.integers(-5, 20).map(lambda d: (BASE + dt.timedelta(days=d)).date())
+        bad = st.just("2026-13-45") if fmt == "csv" else st.nothing()
+    return st.one_of(values, values, values, values, st.none(), bad)
+
+
+def change(kind, fmt):
+    return st.fixed_dictionaries({
+        "Op": st.sampled_from("IIUUUD"),
+        "id": st.one_of(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.none()),
+        "val": st.integers(-5, 100),
+        "note": st.sampled_from(["a", "b, with comma", 'q"uote', "", None]),
+        "seq": seq_values(kind, fmt),
+    })
+
+
+def load_row(kind, fmt):
+    return st.fixed_dictionaries({"id": st.integers(1, 5), "val": st.integers(0, 9), "note": st.just("load"),
+                                  "seq": st.one_of(st.none(), seq_values(kind, fmt))})
+
+
+@st.composite
+def histories(draw):
+    kind = draw(st.sampled_from(KINDS))
+    fmt = draw(st.sampled_from(["parquet", "csv"]))
+    mode = draw(st.sampled_from(["current", "current", "current", "history"]))
+    action = st.one_of(
+        st.tuples(st.just("cdc"), st.integers(0, 6), st.lists(change(kind, fmt), min_size=1, max_size=6)),
+        st.tuples(st.just("load"), st.integers(0, 3), st.lists(load_row(kind, fmt), max_size=4)),
+        st.tuples(st.just("copy"), st.integers(0, 20), st.integers(7, 12)),  # an earlier file's bytes under a new CDC name
+        st.tuples(st.just("again"), st.integers(0, 20), st.just(0)),  # the same bytes landed again
+    )
+    ingests = draw(st.lists(st.lists(action, min_size=1, max_size=4), min_size=1, max_size=4))
+    reload_at = draw(st.one_of(st.none(), st.integers(0, len(ingests) - 1)))
+    return {"kind": kind, "fmt": fmt, "mode": mode, "ingests": ingests, "reload_at": reload_at}
+
+
+def _comparable(kind, v):
+    if v is None:
+        return None
+    if kind == "timestamptz":
+        return sequence_value(kind, v)
+    if kind in (None, "long"):
+        return int(v)
+    if kind == "decimal(38,2)":
+        return Decimal(str(v)).quantize(Decimal("0.01"))
+    if kind == "date":
+        return v if isinstance(v, dt.date) else dt.date.fromisoformat(v)
+    return v
+
+
+def _land(folder: Path, name: str, rows: list[dict], h: dict, cdc: bool) -> Path:
+    columns = [("seq", h["kind"] if h["kind"] not in (None,) else "long"), ("id", "long"), ("val", "long"), ("note", "string")]
+    return write_dms_file(folder / name, rows, columns, fmt=h["fmt"], cdc=cdc, gzip=h["fmt"] == "csv", null_marker="NULL")
+
+
+@settings(max_examples=int(os.environ.get("LAKE_CONTRACT_EXAMPLES", "120")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(h=histories())
+def test_hostile_deliveries_match_the_oracle(h):
+    kind = h["kind"]
+    with tempfile.TemporaryDirectory() as tmp:
+        seq_type = kind or "long"
+        source = SOURCE.format(fmt=h["fmt"], mode=h["mode"], seq_type=seq_type,
+                               seq_line="sequence_by: seq" if kind else "")
+        lake = make_lake(Path(tmp), {"prop": source})
+        folder = lake.landing / "prop" / "app" / "items"
+        oracle = TableOracle(columns=DATA, sequence=kind, mode=h["mode"])
+        landing = LandingOracle()
+        written: list[Path] = []  # every file landed, in order ("again" picks from them)
+        cdc_written: list[Path] = []  # CDC files ("copy" picks from them: a LOAD file's bytes under a CDC name would not read)
+        pending_reload = False
+        rows_of: dict[str, list[dict]] = {}  # landing key -> rows of the bytes it holds now
+        for i, actions in enumerate(h["ingests"]):
+            for what, n, payload in actions:
+                if what == "cdc":
+                    path = _land(folder, cdc_file_name(BASE + dt.timedelta(minutes=n)), payload, h, cdc=True)
+                elif what == "load":
+                    path = _land(folder, load_file_name(n) if n else "LOAD00000000", payload, h, cdc=False)
+                elif not (cdc_written if what == "copy" else written):
+                    continue
+                else:
+                    src = (cdc_written if what == "copy" else written)[n % len(cdc_written if what == "copy" else written)]
+                    data = src.read_bytes()
+                    if what == "copy":
+                        name = cdc_file_name(BASE + dt.timedelta(minutes=payload)) + "".join(src.suffixes)
+                        path = folder / name
+                        if path.exists() and path != src:
+                            continue  # keep names unique per action kind; overwrites come from "cdc"/"load"
+                    else:
+                        path = src
+                    path.write_bytes(data)
+                    payload = rows_of[src.relative_to(lake.landing).as_posix()]
+                written.append(path)
+                if what in ("cdc", "copy"):
+                    cdc_written.append(path)
+                rows_of[path.relative_to(lake.landing).as_posix()] = payload
+            reload = h["reload_at"] == i  # an operator asks for a reload: it waits for the next LOAD files
+            lake.ingest(reload=reload)
+            state = {k: (hashlib.md5((lake.landing / k).read_bytes()).hexdigest(), tuple(rows_of[k])) for k in rows_of}
+            batch = landing.arrivals(state)
+            pending_reload = pending_reload or reload
+            oracle.merge(batch, reload_requested=pending_reload)
+            if any(f.load_number is not None for f in batch):
+                pending_reload = False
+
+        if h["mode"] == "current":
+            got = [{c: r[c] for c in DATA} for r in _rows_or_empty(lake, "prop.items")]
+            assert len({r["id"] for r in got}) == len(got), "duplicate keys in the table"
+            got_rows = sorted(({**r, "seq": _comparable(kind, r["seq"])} for r in got), key=lambda r: r["id"])
+            want = [{**r, "seq": _comparable(kind, r["seq"])} for r in oracle.current_rows()]
+            assert got_rows == want
+        else:
+            got = sorted((r["_lake_file"], r["_lake_row"], r["_lake_op"], r["id"], r["val"]) for r in _rows_or_empty(lake, "prop.items"))
+            want = sorted((r["_lake_file"], r["_lake_row"], r["_lake_op"], r["id"], r["val"]) for r in oracle.history)
+            assert got == want
+        quarantined = sorted((r["file"], r["file_version"], r["row"]) for r in _rows_or_empty(lake, "prop.items__quarantine"))
+        assert quarantined == sorted(oracle.quarantine)
+
+
+def _rows_or_empty(lake, identifier):
+    """A table's rows; none when it was never created (nothing merged, or nothing quarantined)."""
+    return lake.rows(identifier) if lake.env.catalog.table_exists(identifier) else []
