@@ -38,22 +38,20 @@ DEFAULT_CASES = (1_370_000, 1_000_000)
 
 def taxi_table(source: str):
     """The registry entry of bench/sources/taxi.yaml, under another source name (one copy per engine)."""
-    import dataclasses
-
     from lake_assets.core.registry import load_source_file
 
     [t] = load_source_file(REPO / "bench" / "sources" / "taxi.yaml")
-    return dataclasses.replace(t, source=source)
+    return t.model_copy(update={"source": source})
 
 
 def catalog_for(home: Path):
-    from pyiceberg.catalog.sql import SqlCatalog
+    from lake_assets.core.deployment import local_catalog
 
-    (home / "warehouse").mkdir(parents=True, exist_ok=True)
-    return SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    return local_catalog(home)
 
 
 def landed_files(landing: Path, table, cdc: bool) -> list:
+    from lake_assets.core.cdc.batch import LandedInput
     from lake_assets.core.cdc.dms import parse_landing_key
 
     folder = landing / table.landing_prefix
@@ -61,7 +59,7 @@ def landed_files(landing: Path, table, cdc: bool) -> list:
     for p in sorted(folder.rglob("*.parquet")):
         f = parse_landing_key(p.relative_to(landing).as_posix())
         if f.is_load != cdc:
-            out.append((f, p.read_bytes()))
+            out.append(LandedInput(f, p.read_bytes()))
     return out
 
 
@@ -101,7 +99,8 @@ def upsert(catalog, table, files, started: float) -> dict:
 
     from lake_assets.core.cdc.dms import OP
     from lake_assets.core.cdc.iceberg import conform
-    from lake_assets.core.cdc.inprocess import with_lake_columns, read_batch
+    from lake_assets.core.cdc.batch import read_batch
+    from lake_assets.core.cdc.pipeline import with_lake_columns
     from lake_assets.core.cdc.semantics import winners
 
     batch, _ = read_batch(table, files)

@@ -19,7 +19,8 @@ from decimal import Decimal
 from dagster import AssetKey, DagsterInstance, materialize
 
 from demo.generate import generate_travel
-from lake_assets.core.deployment import lake_home, local_environment
+from lake_assets.core.deployment import local_environment
+from lake_assets.core.settings import current_settings
 from lake_assets.ingest import format_row, ingest
 from lake_assets.core.registry import load_registry
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-dbt", action="store_true")
     args = p.parse_args(argv)
 
-    home = lake_home()
+    home = current_settings().home
     if args.reset and home.exists():
         _say(f"resetting {home}")
         for name in ("landing", "warehouse", "demo_source", "catalog.db", "ledger.db", "dbt"):
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
+    os.environ.setdefault("DAGSTER_HOME", str(current_settings().dagster_home))
     from lake_assets.definitions import build_definitions
 
     started = time.perf_counter()

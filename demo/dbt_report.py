@@ -3,7 +3,6 @@ declares, read back from the Iceberg catalog."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -12,7 +11,8 @@ from pyiceberg.exceptions import NoSuchTableError
 
 from lake_assets.core import governance
 from lake_assets.core.deployment import local_catalog
-from lake_assets.dbt_assets import DBT_PROJECT_DIR
+from lake_assets.core.naming import consumer_namespace
+from lake_assets.core.settings import current_settings
 
 MAX_WIDTH = 22
 
@@ -41,11 +41,11 @@ def print_consumer_samples(lake_home: str | Path, limit: int = 5, out: TextIO = 
     catalog = local_catalog(lake_home)
     found = 0
     for cname, consumer in policy.consumers.items():
-        print(f"\n== consumer {cname} (namespace {governance.consumer_namespace(cname)}) ==", file=out)
+        print(f"\n== consumer {cname} (namespace {consumer_namespace(cname)}) ==", file=out)
         if consumer.description:
             print(f"   {consumer.description}", file=out)
         for dname, dataset in consumer.datasets.items():
-            identifier = f"{governance.consumer_namespace(cname)}.{dname}"
+            identifier = f"{consumer_namespace(cname)}.{dname}"
             try:
                 table = catalog.load_table(identifier)
             except NoSuchTableError:
@@ -75,7 +75,7 @@ def empty_consumer_datasets(lake_home: str | Path) -> list[str]:
     empty = []
     for cname, consumer in governance.load_policy().consumers.items():
         for dname in consumer.datasets:
-            identifier = f"{governance.consumer_namespace(cname)}.{dname}"
+            identifier = f"{consumer_namespace(cname)}.{dname}"
             try:
                 snap = catalog.load_table(identifier).current_snapshot()
             except NoSuchTableError:
@@ -86,5 +86,5 @@ def empty_consumer_datasets(lake_home: str | Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    home = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("LAKE_HOME") or DBT_PROJECT_DIR.parent / ".lake")
+    home = Path(sys.argv[1]) if len(sys.argv) > 1 else current_settings().home
     print_consumer_samples(home)

@@ -27,8 +27,9 @@ from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.cdc.iceberg import committed_batches
 from lake_assets.core.naming import source_pool
 from lake_assets.core.registry import Registry, TableConfig
-from resources.lake import LakeResource, MergeEngineResource
+from resources.lake import LakeResource
 
+LAKE_RESOURCE, SPARK_RESOURCE = "lake", "spark"
 UNIQUE_KEYS = "unique_primary_key"
 LEDGER_RECONCILED = "ledger_reconciled"
 QUARANTINE_RATE = "quarantine_rate"
@@ -46,9 +47,10 @@ def _tag_names(tags: dict, tag: str, table: TableConfig) -> bool:
     return value == "true" or table.identifier in {v.strip() for v in value.split(",")}
 
 
-def merge_options(tags: dict, table: TableConfig) -> MergeOptions:
-    """The merge options a run's tags ask for this table."""
+def merge_options(tags: dict, table: TableConfig, settings=None) -> MergeOptions:
+    """The merge options a run's tags ask for this table (the lock wait from the settings)."""
     return MergeOptions(
+        lock_wait_seconds=settings.lock_wait_seconds if settings is not None else MergeOptions.lock_wait_seconds,
         retry_failed=tags.get(RETRY_FAILED_TAG, "false").lower() == "true",
         max_files=int(tags[MAX_FILES_TAG]) if tags.get(MAX_FILES_TAG) else None,
         reload=_tag_names(tags, RELOAD_TAG, table),
@@ -92,13 +94,16 @@ def build_source_assets(source: str, tables: list[TableConfig]):
         check_specs=[c for t in tables for c in _check_specs(AssetKey(t.asset_key_path), t)],
         can_subset=True,
         pool=source_pool(source),
+        # The Spark resource only where a table of the source asks for it (it costs its imports).
+        required_resource_keys={LAKE_RESOURCE} | ({SPARK_RESOURCE} if any(t.engine == "spark" for t in tables) else set()),
     )
-    def _merge(context: AssetExecutionContext, lake: LakeResource, merge_engine: MergeEngineResource):
+    def _merge(context: AssetExecutionContext):
+        lake: LakeResource = getattr(context.resources, LAKE_RESOURCE)
         failures = []
         for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
             table = by_key[key]
             try:
-                materialized = merge_table(context, table, lake, merge_engine)
+                materialized = merge_table(context, table, lake)
                 if materialized is not None:
                     yield materialized
             except Failure as e:
@@ -111,13 +116,23 @@ def build_source_assets(source: str, tables: list[TableConfig]):
     return _merge
 
 
-def merge_table(context, table: TableConfig, lake: LakeResource, merge_engine: MergeEngineResource):
-    engine = merge_engine.engine_for(table, context)
+def engine_for(table: TableConfig, context):
+    """The engine a table declares: in-process, or the Spark resource's (local spark-submit or EMR
+    Serverless, as the deployment's settings configured it)."""
+    if table.engine == "inprocess":
+        from lake_assets.core.cdc.inprocess import InProcessEngine
+
+        return InProcessEngine()
+    return context.resources.spark.engine_for(context)
+
+
+def merge_table(context, table: TableConfig, lake: LakeResource):
+    engine = engine_for(table, context)
     tags = context.run.tags if context.run else {}
     try:
         run = merge_pending(
             table, catalog=lake.catalog, ledger=lake.ledger, landing=lake.landing, engine=engine,
-            options=merge_options(tags, table), log=context.log.info,
+            options=merge_options(tags, table, lake.settings), log=context.log.info,
         )
     except Exception as e:  # noqa: BLE001 - any failure fails this table only; its files stay retryable
         raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e

@@ -28,14 +28,12 @@ from dagster import (
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 from filelock import FileLock
 
-from lake_assets.core import dbt_codegen, governance
-from lake_assets.core.naming import source_aligned_key
+from lake_assets.core import dbt_codegen
+from lake_assets.core.naming import NamingError, model_group, model_key_path, source_aligned_key
+from lake_assets.core.settings import LakeSettings, current_settings
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
-DBT_TARGETS = {"local": "local", "aws": "athena"}
 ADAPTER_OF_TARGET = {"local": "duckdb", "athena": "athena"}
-AGGREGATED_NAMESPACE = "aggregated"
-AGGREGATED_GROUP = "aggregated"
 # What a change to one of these files means for the manifest Dagster reads the asset graph from.
 _PROJECT_INPUTS = ("dbt_project.yml", "profiles.yml", "models", "macros", "tests", "governance")
 
@@ -44,12 +42,9 @@ class DbtLayerError(RuntimeError):
     """The dbt project cannot be turned into assets; the message says what to fix."""
 
 
-def dbt_target() -> str:
-    lake_env = os.environ.get("LAKE_ENV", "local")
-    try:
-        return DBT_TARGETS[lake_env]
-    except KeyError:
-        raise DbtLayerError(f"LAKE_ENV={lake_env!r}: expected one of {sorted(DBT_TARGETS)}") from None
+def dbt_target(settings: LakeSettings | None = None) -> str:
+    """The dbt target of the deployment: `local` (dbt-duckdb) or `athena`."""
+    return (settings or current_settings()).dbt_target
 
 
 def dbt_executable() -> str:
@@ -64,27 +59,7 @@ def dbt_executable() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Asset keys: one decision, mirroring the Iceberg identifiers
-
-
-def aggregated_key(model: str) -> list[str]:
-    return ["aggregated", model]
-
-
-def consumer_key(consumer: str, dataset: str) -> list[str]:
-    return ["consumer", consumer, dataset]
-
-
-def model_key_path(namespace: str, table: str) -> list[str]:
-    """Asset key of the dbt model that writes Iceberg table `<namespace>.<table>`."""
-    if namespace == AGGREGATED_NAMESPACE:
-        return aggregated_key(table)
-    if namespace.startswith(governance.CONSUMER_NAMESPACE_PREFIX):
-        return consumer_key(namespace.removeprefix(governance.CONSUMER_NAMESPACE_PREFIX), table)
-    raise DbtLayerError(
-        f"dbt model writing {namespace}.{table}: models must land in namespace "
-        f"'{AGGREGATED_NAMESPACE}' or '{governance.CONSUMER_NAMESPACE_PREFIX}<name>'"
-    )
+# Asset keys, groups and namespaces of the models: lake_assets.core.naming decides them.
 
 
 class LakeDbtTranslator(DagsterDbtTranslator):
@@ -96,13 +71,16 @@ class LakeDbtTranslator(DagsterDbtTranslator):
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
         if dbt_resource_props["resource_type"] == "source":
             return AssetKey(source_aligned_key(dbt_resource_props["source_name"], dbt_resource_props["name"]))
-        return AssetKey(model_key_path(dbt_resource_props["schema"], dbt_resource_props["alias"]))
+        try:
+            return AssetKey(model_key_path(dbt_resource_props["schema"], dbt_resource_props["alias"]))
+        except NamingError as e:
+            raise DbtLayerError(str(e)) from None
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         if dbt_resource_props["resource_type"] == "source":
             return dbt_resource_props["source_name"]
         schema = dbt_resource_props["schema"]
-        return AGGREGATED_GROUP if schema == AGGREGATED_NAMESPACE else schema
+        return model_group(schema)
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> AutomationCondition | None:
         if dbt_resource_props["resource_type"] != "model":
@@ -176,7 +154,8 @@ def prepare_manifest(project: DbtProject | None = None) -> DbtProject:
         result = subprocess.run(
             [dbt_executable(), "parse", "--quiet", "--target", project.target or dbt_target()],
             cwd=project.project_dir,
-            env={**os.environ, "DBT_PROJECT_DIR": str(project.project_dir), "DBT_PROFILES_DIR": str(project.profiles_dir)},
+            env={**os.environ, **current_settings().to_env(), "DBT_PROJECT_DIR": str(project.project_dir),
+                 "DBT_PROFILES_DIR": str(project.profiles_dir)},
             capture_output=True,
             text=True,
         )
@@ -216,9 +195,9 @@ def build_dbt_assets(project: DbtProject):
     return lake_dbt_models
 
 
-def dbt_definitions() -> Definitions:
+def dbt_definitions(settings: LakeSettings | None = None) -> Definitions:
     """Assets, checks, the dbt resource (key `dbt`) and the automation sensor of the dbt layers."""
-    project = prepare_manifest(lake_dbt_project())
+    project = prepare_manifest(lake_dbt_project(dbt_target(settings)))
     assets = build_dbt_assets(project)
     automation = AutomationConditionSensorDefinition(
         "dbt_layers_automation_sensor",

@@ -1,5 +1,5 @@
 """The code location: every registry table as a source-aligned asset, the landing sensor, refresh
-schedules and the dbt layers, with resources picked once from LAKE_ENV.
+schedules and the dbt layers, with resources picked once from the settings (LAKE_ENV and the rest).
 
 Nothing is built at import: Dagster calls `defs` (a `@definitions` function) when it loads the code
 location, and other processes (`python -m lake_assets.ingest`, tests) call `build_definitions`
@@ -21,7 +21,8 @@ from lake_assets.assets import source_aligned_assets
 from lake_assets.core.registry import Registry, load_registry
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor
-from resources.lake import LakeResource, MergeEngineResource
+from lake_assets.core.settings import LakeSettings, current_settings
+from resources.lake import LakeResource
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +86,32 @@ def gc_paused(freeze: bool = False) -> Iterator[None]:
             gc.enable()
 
 
-def build_definitions(registry: Registry | None = None, *, with_dbt: bool = True) -> Definitions:
-    """Definitions of `registry` (default: load it), with the dbt layers unless `with_dbt=False`."""
+def build_definitions(registry: Registry | None = None, *, with_dbt: bool = True, settings: LakeSettings | None = None) -> Definitions:
+    """Definitions of `registry` (default: load it), with the dbt layers unless `with_dbt=False`,
+    for the deployment `settings` describe (default: this process's)."""
     with gc_paused():
-        return _build_definitions(registry if registry is not None else load_registry(), with_dbt)
+        return _build_definitions(registry if registry is not None else load_registry(), with_dbt, settings or current_settings())
 
 
-def _build_definitions(registry: Registry, with_dbt: bool) -> Definitions:
+def lake_resources(registry: Registry, settings: LakeSettings) -> dict:
+    """The resources of the deployment, picked once: the lake everywhere, the Spark engine where a
+    table asks for it (local spark-submit, or EMR Serverless on AWS)."""
+    resources: dict = {"lake": LakeResource()}
+    if any(t.engine == "spark" for t in registry.tables):
+        from resources.spark import SparkMergeResource
+
+        resources["spark"] = SparkMergeResource.from_settings(settings)
+    return resources
+
+
+def _build_definitions(registry: Registry, with_dbt: bool, settings: LakeSettings) -> Definitions:
     for error in registry.errors:
         log.error("registry file %s is invalid; its tables are not loaded, the other sources are:\n%s", error.path, error.message)
     core = Definitions(
         assets=[*source_aligned_assets(registry), *registry_error_specs(registry)],
-        sensors=[build_landing_sensor(registry)],
-        schedules=build_refresh_schedules(registry),
-        resources={"lake": LakeResource(), "merge_engine": MergeEngineResource()},
+        sensors=[build_landing_sensor(registry, running=settings.automation_running)],
+        schedules=build_refresh_schedules(registry, running=settings.automation_running),
+        resources=lake_resources(registry, settings),
         # Two cores here: two merges at a time; one table's failure does not stop the others.
         executor=multiprocess_executor.configured({"max_concurrent": 2}),
     )
@@ -106,7 +119,7 @@ def _build_definitions(registry: Registry, with_dbt: bool) -> Definitions:
         return core
     from lake_assets.dbt_assets import dbt_definitions  # dagster-dbt costs seconds to import
 
-    return Definitions.merge(core, dbt_definitions())
+    return Definitions.merge(core, dbt_definitions(settings))
 
 
 @definitions

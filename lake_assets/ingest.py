@@ -25,6 +25,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from lake_assets.assets import REBUILD_TAG, RELOAD_TAG, RETRY_FAILED_TAG
 from lake_assets.core.arrivals import ArrivalReport, record_arrivals
 from lake_assets.core.deployment import LakeEnvironment, environment_from_env
+from lake_assets.core.settings import current_settings
 
 
 @dataclass
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
     out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed,
                  reload=_named(args.reload, registry), rebuild=_named(args.rebuild, registry),
-                 settle_seconds=float(os.environ.get("LAKE_SETTLE_SECONDS", "0")))
+                 settle_seconds=current_settings().settle_seconds)
     print_outcome(out)
     return 0 if out.ok else 1
 

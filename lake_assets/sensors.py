@@ -16,7 +16,6 @@ from dagster import (
 )
 
 from lake_assets.core.arrivals import record_arrivals
-from lake_assets.core.deployment import lake_env
 from lake_assets.core.registry import Registry
 from resources.lake import LakeResource
 
@@ -24,7 +23,7 @@ MAX_FILES_PER_TICK = 20_000  # sensors time out at 60 s; the rest is picked up n
 STALLED_AFTER = dt.timedelta(minutes=15)  # a claimed batch unfinished this long: its run died; resume it
 
 
-def build_landing_sensor(registry: Registry):
+def build_landing_sensor(registry: Registry, *, running: bool = True):
     tables = {t.identifier: t for t in registry.tables}
     selection = AssetSelection.assets(*[AssetKey(t.asset_key_path) for t in registry.tables])
 
@@ -32,13 +31,19 @@ def build_landing_sensor(registry: Registry):
         name="landing_sensor",
         minimum_interval_seconds=30,
         target=selection,
-        default_status=DefaultSensorStatus.RUNNING if lake_env() == "local" else DefaultSensorStatus.STOPPED,
+        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
         description="Records new landing-zone files in the ledger and requests merges of on-arrival tables",
     )
     def landing_sensor(context: SensorEvaluationContext, lake: LakeResource):
-        report = record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK)
+        report = record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK,
+                                 settle_seconds=lake.settings.settle_seconds)
+        for error in registry.errors:  # a broken registry file stops its own source only: say so every tick
+            context.log.error(f"invalid registry file, its source is not ingested: {error.message}")
         for key, reason in report.unroutable[:20]:
             context.log.warning(f"unroutable file, recorded as failed: {reason}")
+        if report.settling:
+            context.log.info(f"{report.settling} files are still being written (changed in the last "
+                             f"{lake.settings.settle_seconds:g} s); a later tick reads them")
         pending = lake.ledger.tables_with_pending()
         on_arrival = sorted(t for t in pending if t in tables and tables[t].refresh == "on_arrival")
         cursor = json.loads(context.cursor) if context.cursor else {}

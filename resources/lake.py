@@ -1,7 +1,7 @@
-"""Dagster resources for the lake: catalog, landing zone, ledger and merge engine.
+"""Dagster resources for the lake: the deployment (catalog, landing zone, ledger) it runs in.
 
-Each wraps one core interface and is chosen once from LAKE_ENV, so assets and sensors never branch
-on the environment.
+The deployment is opened from the process's settings (`lake_assets.core.settings`, read once), so
+assets and sensors never branch on the environment.
 """
 
 from __future__ import annotations
@@ -11,17 +11,22 @@ from functools import cached_property
 from dagster import ConfigurableResource
 from pyiceberg.catalog import Catalog
 
-from lake_assets.core.deployment import LakeEnvironment, environment_from_env
+from lake_assets.core.deployment import LakeEnvironment, open_lake
 from lake_assets.core.landing import LandingZone
 from lake_assets.core.ledger import FileLedger
+from lake_assets.core.settings import LakeSettings, current_settings
 
 
 class LakeResource(ConfigurableResource):
     """The deployment the code runs in: Iceberg catalog, landing zone and file ledger."""
 
+    @property
+    def settings(self) -> LakeSettings:
+        return current_settings()
+
     @cached_property
     def _env(self) -> LakeEnvironment:
-        return environment_from_env()
+        return open_lake(self.settings)
 
     @property
     def catalog(self) -> Catalog:
@@ -34,17 +39,3 @@ class LakeResource(ConfigurableResource):
     @property
     def ledger(self) -> FileLedger:
         return self._env.ledger
-
-
-class MergeEngineResource(ConfigurableResource):
-    """Picks the engine a table declares: in-process, or Spark (local spark-submit or EMR Serverless,
-    configured by resources.spark.SparkMergeResource from the environment)."""
-
-    def engine_for(self, table, context):
-        if table.engine == "inprocess":
-            from lake_assets.core.cdc.inprocess import InProcessEngine
-
-            return InProcessEngine()
-        from resources.spark import spark_engine_for
-
-        return spark_engine_for(context)

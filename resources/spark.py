@@ -27,7 +27,7 @@ from dagster._core.errors import DagsterPipesExecutionError  # what PipesSubproc
 from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesEMRServerlessClient
 
 from lake_assets.core.spark.engine import Launcher, SparkEngine, SparkJobError, SparkJobInterrupted
-from lake_assets.core.deployment import lake_home
+from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.core.spark.conf import (
     EMR_ICEBERG_JAR,
     LOG4J2_PROPERTIES,
@@ -304,7 +304,7 @@ class SparkMergeResource(ConfigurableResource):
     """How `engine: spark` tables merge: `local` spark-submit, or `emr` (EMR Serverless + Glue)."""
 
     mode: str = "local"  # local | emr
-    lake_home: str = ".lake"  # from_env() uses LAKE_HOME, else the repository's .lake/
+    lake_home: str = ".lake"  # from_settings() uses the settings' LAKE_HOME
     landing: str | None = None  # landing root; default $LAKE_HOME/landing locally, required for emr
     master: str = "local[*]"
     driver_memory: str = "2g"
@@ -319,26 +319,24 @@ class SparkMergeResource(ConfigurableResource):
     glue_warehouse: str | None = None  # s3:// warehouse of the Glue catalog
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "SparkMergeResource":
-        """The same variables `lake_assets.core.deployment` reads, plus LAKE_SPARK_* and LAKE_EMR_*."""
-        e = os.environ if environ is None else environ
-        landing = e.get("LAKE_LANDING_URI")
-        if not landing and e.get("LAKE_LANDING_BUCKET"):
-            landing = f"s3://{e['LAKE_LANDING_BUCKET']}/{e.get('LAKE_LANDING_PREFIX', '').strip('/')}"
+    def from_settings(cls, settings: LakeSettings) -> "SparkMergeResource":
+        """The Spark engine of a deployment: local spark-submit, or EMR Serverless when LAKE_ENV=aws."""
+        sp = settings.spark
+        aws = settings.aws
         return cls(
-            mode="emr" if e.get("LAKE_ENV", "local") == "aws" else "local",
-            lake_home=e.get("LAKE_HOME") or str(lake_home()),
-            landing=landing,
-            master=e.get("LAKE_SPARK_MASTER", "local[*]"),
-            driver_memory=e.get("LAKE_SPARK_DRIVER_MEMORY", "2g"),
-            region=e.get("AWS_REGION") or e.get("AWS_DEFAULT_REGION"),
-            emr_application_id=e.get("LAKE_EMR_APPLICATION_ID"),
-            emr_execution_role_arn=e.get("LAKE_EMR_EXECUTION_ROLE_ARN"),
-            emr_script_uri=e.get("LAKE_EMR_SCRIPT_URI"),
-            emr_environment_uri=e.get("LAKE_EMR_ENVIRONMENT_URI"),
-            emr_jobs_uri=e.get("LAKE_EMR_JOBS_URI"),
-            emr_log_group=e.get("LAKE_EMR_LOG_GROUP", "/aws/emr-serverless/lake"),
-            glue_warehouse=e.get("LAKE_WAREHOUSE_URI"),
+            mode="emr" if settings.env == "aws" else "local",
+            lake_home=str(settings.home),
+            landing=aws.landing_uri if aws is not None else str(settings.landing_dir),
+            master=sp.master,
+            driver_memory=sp.driver_memory,
+            region=aws.region if aws is not None else None,
+            emr_application_id=sp.emr_application_id,
+            emr_execution_role_arn=sp.emr_execution_role_arn,
+            emr_script_uri=sp.emr_script_uri,
+            emr_environment_uri=sp.emr_environment_uri,
+            emr_jobs_uri=sp.emr_jobs_uri,
+            emr_log_group=sp.emr_log_group,
+            glue_warehouse=aws.warehouse_uri if aws is not None else None,
         )
 
     def emr(self) -> EmrServerless:
@@ -384,12 +382,12 @@ class SparkMergeResource(ConfigurableResource):
         )
 
 
-def spark_engine_for(context, settings: SparkMergeResource | None = None) -> SparkEngine:
+def spark_engine_for(context, spark: SparkMergeResource | None = None) -> SparkEngine:
     """The Spark engine for one materialization (its launcher reports through this context).
 
-    settings: the resource as configured in the definitions; by default read from the environment.
+    spark: the resource as configured in the definitions; by default the process's settings'.
     """
-    return (settings or SparkMergeResource.from_env()).engine_for(context)
+    return (spark or SparkMergeResource.from_settings(current_settings())).engine_for(context)
 
 
 __all__ = [

@@ -11,7 +11,7 @@ import sys
 from pyiceberg.catalog.sql import SqlCatalog
 
 from demo.dms_writer import cdc_file_name, date_folder, load_file_name, write_dms_file
-from lake_assets.core.deployment import REPO_ROOT
+from lake_assets.core.deployment import local_catalog, REPO_ROOT
 
 YAML = """
 source: crm
@@ -81,7 +81,7 @@ def test_yaml_plus_dms_files_become_iceberg_tables_with_the_sources_final_state(
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "5 new files recorded" in out.stdout
 
-    catalog = SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    catalog = local_catalog(home)
     contacts = catalog.load_table("crm.contacts").scan().to_arrow().to_pylist()
     assert sorted((r["contact_id"], r["email"], str(r["score"]), r["lsn"]) for r in contacts) == [
         (1, "a@x.io", "1.50", 0), (2, "b2@x.io", "2.50", 9), (4, "d@x.io", "4.00", 11)]

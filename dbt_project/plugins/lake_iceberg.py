@@ -27,8 +27,9 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 
-# dbt_project/plugins/lake_iceberg.py -> repository root
-from lake_assets.core.deployment import CATALOG_NAME, REPO_ROOT, local_catalog  # noqa: E402  one definition of the lake
+from lake_assets.core.deployment import CATALOG_NAME, local_catalog  # one definition of the lake
+from lake_assets.core.settings import resolve_home
+
 EXTENSIONS = ("avro", "iceberg")
 COMMIT_ATTEMPTS = 3
 TRANSFORMS = {
@@ -41,18 +42,8 @@ TRANSFORMS = {
 
 
 def resolve_lake_home(configured: str | None = None) -> Path:
-    """LAKE_HOME as the rest of the lake resolves it: default `<repo>/.lake`.
-
-    A relative LAKE_HOME is taken relative to the directory the user launched from ($PWD), not to
-    dbt's working directory, which is the dbt project when Dagster or the README's workflow runs it.
-    """
-    value = configured or os.environ.get("LAKE_HOME") or ""
-    if not value:
-        return REPO_ROOT / ".lake"
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = Path(os.environ.get("PWD") or os.getcwd()) / path
-    return path.resolve()
+    """LAKE_HOME by the lake's one rule (lake_assets.core.settings.resolve_home)."""
+    return resolve_home(configured or os.environ.get("LAKE_HOME"))
 
 
 def lake_catalog(home: Path) -> Catalog:

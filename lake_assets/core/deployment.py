@@ -1,29 +1,28 @@
-"""The one switch between deployments: LAKE_ENV picks local or aws, everything else is configuration."""
+"""The deployment the lake runs in, opened from its settings: Iceberg catalog, file ledger, landing zone.
+
+local: pyiceberg SqlCatalog on SQLite `$LAKE_HOME/catalog.db`, SQLite ledger, a landing directory.
+aws: Glue catalog, PostgreSQL ledger, an S3 landing prefix; credentials come from the AWS chain.
+"""
 
 from __future__ import annotations
 
-import os
+import functools
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
 
 from lake_assets.core.landing import LandingZone, LocalLandingZone, S3LandingZone
 from lake_assets.core.ledger import FileLedger, postgres_ledger, sqlite_ledger
+from lake_assets.core.settings import CATALOG_NAME, REPO_ROOT, LakeSettings, current_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CATALOG_NAME = "lake"
+__all__ = ["CATALOG_NAME", "REPO_ROOT", "CatalogBusyError", "LakeEnvironment", "environment_from_env", "local_catalog",
+           "local_environment", "open_lake"]
 
-
-def lake_home() -> Path:
-    return Path(os.environ.get("LAKE_HOME") or REPO_ROOT / ".lake").resolve()
-
-
-def lake_env() -> str:
-    env = os.environ.get("LAKE_ENV", "local")
-    if env not in ("local", "aws"):
-        raise ValueError(f"LAKE_ENV={env!r}: use 'local' or 'aws'")
-    return env
+CATALOG_BUSY_SECONDS = 60.0  # how long a locked catalog.db is waited for before the error names it
 
 
 @dataclass
@@ -34,39 +33,86 @@ class LakeEnvironment:
     landing: LandingZone
 
 
+class CatalogBusyError(RuntimeError):
+    """The local catalog database stayed locked by another process; names the file."""
+
+
+def _locked(err: Exception) -> bool:
+    text = str(err).lower()
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+def _retrying(method):
+    """A catalog call retried with backoff while SQLite reports the database locked, then an error
+    naming the file (a bare sqlite3.OperationalError says neither which file nor what to do)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        deadline = time.monotonic() + self.busy_seconds
+        delay = 0.05
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as err:  # sqlalchemy.exc.OperationalError wrapping sqlite3's
+                if not _locked(err):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise CatalogBusyError(
+                        f"Iceberg catalog {self.db_path}: the database stayed locked by another process for "
+                        f"{self.busy_seconds:.0f} s during {method.__name__}; is another merge or a stuck process holding it?"
+                    ) from err
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 1.0)
+
+    return call
+
+
+class LakeSqlCatalog(SqlCatalog):
+    """pyiceberg's SqlCatalog on the lake's SQLite file, waiting out other processes' locks."""
+
+    def __init__(self, home: Path, busy_seconds: float = CATALOG_BUSY_SECONDS):
+        self.db_path = Path(home) / "catalog.db"
+        self.busy_seconds = busy_seconds
+        (Path(home) / "warehouse").mkdir(parents=True, exist_ok=True)
+        _retrying(SqlCatalog.__init__)(self, CATALOG_NAME, type="sql", uri=f"sqlite:///{self.db_path}",
+                                       warehouse=f"file://{Path(home) / 'warehouse'}")
+
+
+for _name in ("load_table", "create_table", "commit_table", "create_namespace", "drop_table", "table_exists",
+              "list_tables", "list_namespaces", "drop_namespace", "load_namespace_properties", "purge_table",
+              "register_table", "rename_table", "update_namespace_properties", "namespace_exists"):
+    if hasattr(SqlCatalog, _name):
+        setattr(LakeSqlCatalog, _name, _retrying(getattr(SqlCatalog, _name)))
+
+
 def local_catalog(home: Path) -> Catalog:
-    from pyiceberg.catalog.sql import SqlCatalog
-
-    (home / "warehouse").mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(CATALOG_NAME, uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    """The catalog of the local lake at `home` (the one place its URI is spelled out)."""
+    return LakeSqlCatalog(Path(home))
 
 
-def local_environment(home: Path | None = None) -> LakeEnvironment:
-    home = home or lake_home()
-    (home / "landing").mkdir(parents=True, exist_ok=True)
-    return LakeEnvironment("local", local_catalog(home), sqlite_ledger(home / "ledger.db"), LocalLandingZone(home / "landing"))
-
-
-def aws_environment() -> LakeEnvironment:
-    """Glue catalog, S3 landing and warehouse, PostgreSQL ledger; credentials come from the AWS chain."""
+def open_lake(settings: LakeSettings) -> LakeEnvironment:
+    if settings.env == "local":
+        settings.landing_dir.mkdir(parents=True, exist_ok=True)
+        return LakeEnvironment("local", local_catalog(settings.home), sqlite_ledger(settings.ledger_db),
+                               LocalLandingZone(settings.landing_dir))
     import boto3
     from pyiceberg.catalog.glue import GlueCatalog
 
-    def need(name: str) -> str:
-        v = os.environ.get(name)
-        if not v:
-            raise ValueError(f"LAKE_ENV=aws needs {name}")
-        return v
-
-    region = os.environ.get("AWS_REGION", "us-east-1")
-    props = {"glue.region": region, "warehouse": need("LAKE_WAREHOUSE_URI")}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        props |= {"glue.endpoint": os.environ["AWS_ENDPOINT_URL"], "s3.endpoint": os.environ["AWS_ENDPOINT_URL"]}
+    aws = settings.aws
+    assert aws is not None
+    props = {"glue.region": aws.region, "warehouse": aws.warehouse_uri}
+    if aws.endpoint_url:
+        props |= {"glue.endpoint": aws.endpoint_url, "s3.endpoint": aws.endpoint_url}
     catalog = GlueCatalog(CATALOG_NAME, **props)
-    s3 = boto3.client("s3", region_name=region)
-    landing = S3LandingZone(need("LAKE_LANDING_BUCKET"), os.environ.get("LAKE_LANDING_PREFIX", ""), s3)
-    return LakeEnvironment("aws", catalog, postgres_ledger(need("LAKE_LEDGER_DSN")), landing)
+    s3 = boto3.client("s3", region_name=aws.region)
+    landing = S3LandingZone(aws.landing_bucket, aws.landing_prefix, s3)
+    return LakeEnvironment("aws", catalog, postgres_ledger(aws.ledger_dsn.get_secret_value()), landing)
+
+
+def local_environment(home: Path | None = None) -> LakeEnvironment:
+    """A local lake at `home` (default: the settings' LAKE_HOME)."""
+    return open_lake(LakeSettings.local(home if home is not None else current_settings().home))
 
 
 def environment_from_env() -> LakeEnvironment:
-    return local_environment() if lake_env() == "local" else aws_environment()
+    return open_lake(current_settings())

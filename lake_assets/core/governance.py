@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lake_assets.core import dbt_codegen
 from lake_assets.core.dbt_codegen import GeneratedFile, GeneratedFolder
-from lake_assets.core.naming import NamingError, check_identifier
+from lake_assets.core.naming import NamingError, check_identifier, consumer_model_name, consumer_namespace
 from lake_assets.core.registry import Registry, load_registry
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -36,7 +36,6 @@ POLICY_PATH = DBT_PROJECT_DIR / "governance" / "policy.yml"
 CONSUMER_MODELS_DIR = Path("models") / "consumer"
 AGGREGATED_MODELS_DIR = Path("models") / "aggregated"
 
-CONSUMER_NAMESPACE_PREFIX = "consumer_"
 MASKS = ("hash", "redact", "partial", "null", "year_only", "none")
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "is_not_null")
 ACCOUNT_PLACEHOLDER = "{aws_account_id}"
@@ -202,12 +201,6 @@ def output_column(name: str, rule: ColumnRule) -> str:
     return rule.as_ or name
 
 
-def consumer_namespace(consumer: str) -> str:
-    return f"{CONSUMER_NAMESPACE_PREFIX}{consumer}"
-
-
-def consumer_model_name(consumer: str, dataset: str) -> str:
-    return f"{consumer}__{dataset}"
 
 
 # ---------------------------------------------------------------------------------------------

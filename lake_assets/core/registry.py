@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lake_assets.core import naming
+from lake_assets.core.types import SEQUENCE_TYPES_TEXT, canonical_type, orders_by_kind
 from lake_assets.core.naming import (
     QUARANTINE_SUFFIX,
     TOMBSTONE_SUFFIX,
@@ -34,15 +35,6 @@ from lake_assets.core.naming import (
 BUILTIN_SOURCES_DIR = Path(__file__).resolve().parents[1] / "sources"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big registries
 
-COLUMN_TYPE = re.compile(
-    r"^(string|int|long|float|double|boolean|date|timestamp|timestamptz|binary|decimal\(\s*\d+\s*,\s*\d+\s*\))$"
-)
-# Types the merge orders by kind (numbers numerically, dates and instants as such); a string
-# sequence holds an integer or decimal number of any width (DMS $AR_H_CHANGE_SEQ has 35 digits).
-SEQUENCE_TYPE = re.compile(r"^(int|long|string|date|timestamp|timestamptz|decimal\(\d+,\d+\))$")
-SEQUENCE_TYPES_TEXT = (
-    "int, long, decimal(p,s), string (holding an integer or decimal number), date, timestamp or timestamptz"
-)
 TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[\d+\]|truncate\[\d+\])$")
 
 Format = Literal["parquet", "csv"]
@@ -83,13 +75,7 @@ class ColumnSpec(_Strict):
     @field_validator("type")
     @classmethod
     def _type(cls, v: str) -> str:
-        v = v.strip().lower()
-        if not COLUMN_TYPE.match(v):
-            raise ValueError(
-                f"unknown column type {v!r}; use string, int, long, float, double, boolean, date, "
-                "timestamp, timestamptz, binary or decimal(p,s)"
-            )
-        return v.replace(" ", "")
+        return canonical_type(v)
 
 
 class PartitionField(_Strict):
@@ -196,7 +182,7 @@ def _sequence_problem(info: ValidationInfo, column: str | None) -> None:
         return
     _undeclared(info, (column,))
     for c in info.data.get("columns") or ():
-        if c.name == column and not SEQUENCE_TYPE.match(c.type):
+        if c.name == column and not orders_by_kind(c.type):
             raise ValueError(
                 f"column {column!r} has type {c.type}, which the merge cannot order by kind; "
                 f"a sequence_by column must be {SEQUENCE_TYPES_TEXT}"
@@ -541,9 +527,9 @@ def _code_version() -> str:
 
 
 def registry_cache_path() -> Path:
-    from lake_assets.core.deployment import lake_home
+    from lake_assets.core.settings import current_settings
 
-    return lake_home() / "cache" / "registry.pickle"
+    return current_settings().cache_dir / "registry.pickle"
 
 
 def _read_cache(path: Path, version: str) -> dict[str, tuple[str, _FileResult]]:
@@ -573,11 +559,10 @@ def _write_cache(path: Path, version: str, files: dict[str, tuple[str, _FileResu
 
 
 def source_dirs() -> list[Path]:
-    dirs = [BUILTIN_SOURCES_DIR]
-    extra = os.environ.get("LAKE_SOURCES_DIR")
-    if extra:
-        dirs += [Path(p) for p in extra.split(os.pathsep) if p]
-    return dirs
+    """The built-in sources, then the settings' LAKE_SOURCES_DIR directories."""
+    from lake_assets.core.settings import current_settings
+
+    return [BUILTIN_SOURCES_DIR, *current_settings().sources_dirs]
 
 
 def _source_files(dirs: list[Path], errors: list[RegistryFileError]) -> list[Path]:

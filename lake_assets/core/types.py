@@ -39,15 +39,35 @@ class UnsupportedTypeError(ValueError):
     """An Arrow type the lake cannot store, or cannot read as a column's declared type."""
 
 
+REGISTRY_TYPES_TEXT = "string, int, long, float, double, boolean, date, timestamp, timestamptz, binary or decimal(p,s)"
+SEQUENCE_TYPES_TEXT = "int, long, decimal(p,s), string (holding an integer or decimal number), date, timestamp or timestamptz"
+
+
+def canonical_type(registry_type: str) -> str:
+    """A registry column type in its one spelling (`decimal(12, 2)` -> `decimal(12,2)`), or ValueError."""
+    name = registry_type.replace(" ", "").lower()
+    arrow_type(name)
+    return name
+
+
 def arrow_type(registry_type: str) -> pa.DataType:
     """The Arrow type of a registry column type (the one mapping every reader and writer uses)."""
     registry_type = registry_type.replace(" ", "").lower()
     if registry_type in _SIMPLE:
         return _SIMPLE[registry_type]
-    m = _DECIMAL.match(registry_type)
-    if m:
+    m = _DECIMAL.fullmatch(registry_type)
+    if m and 1 <= int(m.group(1)) <= MAX_DECIMAL_PRECISION and int(m.group(2)) <= int(m.group(1)):
         return pa.decimal128(int(m.group(1)), int(m.group(2)))
-    raise ValueError(f"unknown registry type {registry_type!r}")
+    raise ValueError(f"unknown column type {registry_type!r}; use {REGISTRY_TYPES_TEXT}"
+                     + (f" (decimal precision 1..{MAX_DECIMAL_PRECISION}, scale <= precision)" if m else ""))
+
+
+def orders_by_kind(registry_type: str) -> bool:
+    """Whether a column of this registry type can be a sequence_by column (compared by its kind:
+    numbers numerically, dates and instants as such). Floats are refused: equal-looking values differ."""
+    t = arrow_type(registry_type)
+    return pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_string(t) or pa.types.is_date(t) \
+        or pa.types.is_timestamp(t)
 
 
 def normalize_arrow_type(t: pa.DataType) -> pa.DataType:

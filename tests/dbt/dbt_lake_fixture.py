@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lake_assets.core.deployment import local_catalog
 from lake_assets.core.types import arrow_type
 from pyiceberg.catalog.sql import SqlCatalog
 
@@ -194,7 +195,7 @@ def source_rows() -> dict[str, list[dict]]:
 
 
 def lake_catalog(home: Path) -> SqlCatalog:
-    return SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    return local_catalog(home)
 
 
 def create_source_tables(home: Path) -> dict[str, list[dict]]:

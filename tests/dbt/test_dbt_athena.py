@@ -14,6 +14,7 @@ from sqlglot import exp
 
 from dbt_lake_fixture import run_dbt
 from lake_assets.core import governance
+from lake_assets.core.naming import consumer_model_name
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
 ATHENA_ENV = {
@@ -69,7 +70,7 @@ def test_models_are_iceberg_tables_with_lake_formation_config(athena_compiled):
     models = {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model"}
     policy = governance.load_validated_policy()
     expected_consumer_models = {
-        governance.consumer_model_name(c, d) for c, consumer in policy.consumers.items() for d in consumer.datasets
+        consumer_model_name(c, d) for c, consumer in policy.consumers.items() for d in consumer.datasets
     }
     assert expected_consumer_models <= set(models)
     for name, node in models.items():
@@ -77,7 +78,7 @@ def test_models_are_iceberg_tables_with_lake_formation_config(athena_compiled):
         assert node["database"] == "awsdatacatalog"
     for cname, consumer in policy.consumers.items():
         for dname, dataset in consumer.datasets.items():
-            node = models[governance.consumer_model_name(cname, dname)]
+            node = models[consumer_model_name(cname, dname)]
             assert (node["schema"], node["alias"]) == (f"consumer_{cname}", dname)
             tags = node["config"]["lf_tags_config"]
             assert tags["enabled"] and tags["tags"]["lake_consumer"] == cname

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from dbt_lake_fixture import SOURCE
 from lake_assets.core import dbt_codegen, dbt_sources
+from lake_assets.core.settings import current_settings
 from lake_assets.core.registry import load_registry
 from lake_assets.core.types import arrow_type
 from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
@@ -188,6 +189,7 @@ def test_a_registry_change_makes_check_fail_until_generated(project_copy, crm_so
     assert score["config"] == {"tags": ["pii"], "meta": {"pii": True}}
 
     monkeypatch.delenv("LAKE_SOURCES_DIR")  # the source leaves the registry: its file goes too
+    current_settings.cache_clear()  # settings are read once per process; this test changes them midway
     assert dbt_codegen.main(["check", "--project-dir", str(project_copy)]) == 1
     assert f"stale: {crm} (no longer generated)" in capsys.readouterr().err
     assert dbt_codegen.generate(project_copy) == [Path("models/sources/crm.yml")]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
+from lake_assets.core.deployment import local_catalog
 from lake_assets.core.cdc.batch import LandedInput
 from lake_assets.core.cdc.dms import parse_landing_key
 from lake_assets.core.ledger import LandedFile
@@ -30,7 +31,7 @@ def unique_source(prefix: str) -> str:
 
 def sql_catalog(home: Path) -> SqlCatalog:
     (home / "warehouse").mkdir(parents=True, exist_ok=True)
-    return SqlCatalog("lake", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
+    return local_catalog(home)
 
 
 def make_table(

@@ -5,7 +5,7 @@ Dagster Pipes, with crash recovery across the process boundary."""
 import datetime as dt
 
 import pytest
-from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, asset, materialize
+from dagster import AssetExecutionContext, AssetKey, DagsterInstance, MaterializeResult, asset, materialize
 
 from lake_assets.core.cdc.runner import merge_pending
 from lake_assets.core.cdc.iceberg import committed_batches
@@ -104,3 +104,39 @@ def test_spark_submit_through_dagster_pipes(tmp_path):
     assert "SchemaDriftError" in failure.step_failure_data.error.to_string()
     assert "column v is long in the table but string" in failure.step_failure_data.error.to_string()
     assert len(catalog.load_table(table.identifier).metadata.snapshots) == snapshots
+
+
+def test_a_spark_table_of_the_registry_merges_through_the_code_location(tmp_path, monkeypatch):
+    """`engine: spark` in a registry YAML is all it takes: build_definitions wires the Spark resource
+    from the settings, the source's op asks for it, and the merge runs as spark-submit via Pipes."""
+    from lake_assets.definitions import build_definitions
+    from tests.lakehelpers import make_lake
+
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path))
+    monkeypatch.setenv("LAKE_SPARK_MASTER", "local[2]")
+    monkeypatch.setenv("LAKE_SPARK_DRIVER_MEMORY", "1g")
+    lake = make_lake(tmp_path, {"sp": """
+source: sp
+tables:
+  - name: items
+    schema: app
+    primary_key: [id]
+    engine: spark
+    columns: [{name: id, type: long}, {name: v, type: long}]
+"""})
+    folder = table_dir(lake.landing, "sp", "app", "items")
+    write_dms_file(folder / load_file_name(1), [{"id": i, "v": i} for i in range(1, 6)], [("id", "long"), ("v", "long")], cdc=False)
+    write_dms_file(folder / cdc_file_name(dt.datetime(2026, 11, 21, 10)), [{"id": 2, "v": 20, "Op": "U"}, {"id": 3, "v": 3, "Op": "D"}],
+                   [("id", "long"), ("v", "long")], cdc=True)
+    from lake_assets.core.arrivals import record_arrivals
+
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+    defs = build_definitions(lake.registry, with_dbt=False)
+    assert "spark" in defs.resources
+    instance = DagsterInstance.ephemeral()
+    res = materialize(list(defs.assets), selection=[AssetKey(["source_aligned", "sp", "items"])],
+                      resources=dict(defs.resources), instance=instance)
+    assert res.success
+    assert sorted((r["id"], r["v"]) for r in lake.rows("sp.items")) == [(1, 1), (2, 20), (4, 4), (5, 5)]
+    messages = [e.user_message for e in instance.all_logs(res.run_id)]
+    assert any("sp.items: batch" in m and "committed snapshot" in m for m in messages), messages  # the job's own log
