@@ -27,7 +27,7 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 
-from lake_assets.core.deployment import CATALOG_NAME, local_catalog  # one definition of the lake
+from lake_assets.core.deployment import local_catalog  # one definition of the lake
 from lake_assets.core.settings import resolve_home
 
 EXTENSIONS = ("avro", "iceberg")
@@ -160,12 +160,12 @@ class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]) -> None:
         self.lake_home = resolve_lake_home(plugin_config.get("lake_home"))
         self.extension_dir = Path(plugin_config.get("extension_dir") or self.lake_home / "duckdb_extensions")
-        self._catalog: SqlCatalog | None = None
+        self._catalog: Catalog | None = None
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
 
     @property
-    def catalog(self) -> SqlCatalog:
+    def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = lake_catalog(self.lake_home)
         return self._catalog

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pydantic
 import yaml
@@ -470,7 +470,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
     d = spec.defaults
     out, problems = [], []
     for t in spec.tables:
-        def pick(name):
+        def pick(name: str, t: TableSpec = t) -> Any:  # t bound now, not looked up when called
             v = getattr(t, name)
             return getattr(d, name) if v is None else v
 

@@ -32,12 +32,10 @@ import time
 import traceback
 import uuid
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
