@@ -15,16 +15,16 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSpec,
     Failure,
     MaterializeResult,
     MetadataValue,
-    AssetSpec,
     multi_asset,
 )
 from pyiceberg.exceptions import NoSuchTableError
 
-from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.cdc.iceberg import committed_batches
+from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.naming import source_pool
 from lake_assets.core.registry import Registry, TableConfig
 from resources.lake import LakeResource

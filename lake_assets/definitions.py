@@ -19,9 +19,9 @@ from dagster import AssetKey, AssetSpec, Definitions, MetadataValue, definitions
 
 from lake_assets.assets import source_aligned_assets
 from lake_assets.core.registry import Registry, load_registry
+from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor
-from lake_assets.core.settings import LakeSettings, current_settings
 from resources.lake import LakeResource
 
 log = logging.getLogger(__name__)

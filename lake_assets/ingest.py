@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--rebuild", nargs="+", default=[], metavar="SOURCE.TABLE", help="re-derive these tables from their landed files")
     args = p.parse_args(argv)
     # Source-aligned assets only: neither dagster-dbt nor the dbt manifest is touched here.
-    from lake_assets.definitions import build_definitions, gc_paused
     from lake_assets.core.registry import load_registry
+    from lake_assets.definitions import build_definitions, gc_paused
 
     with gc_paused(freeze=True):  # the registry and definitions live as long as the command
         registry = load_registry()

@@ -26,7 +26,6 @@ from dagster import ConfigurableResource, PipesSubprocessClient
 from dagster._core.errors import DagsterPipesExecutionError  # what PipesSubprocessClient raises on a non-zero exit
 from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesEMRServerlessClient
 
-from lake_assets.core.spark.engine import Launcher, SparkEngine, SparkJobError, SparkJobInterrupted
 from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.core.spark.conf import (
     EMR_ICEBERG_JAR,
@@ -37,6 +36,7 @@ from lake_assets.core.spark.conf import (
     merge_job_script,
     spark_submit_command,
 )
+from lake_assets.core.spark.engine import Launcher, SparkEngine, SparkJobError, SparkJobInterrupted
 from lake_assets.core.spark.merge_job import read_document, write_document
 
 ENVIRONMENT_DIR = "environment"  # where spark.archives unpacks the job's Python environment on EMR
@@ -319,7 +319,7 @@ class SparkMergeResource(ConfigurableResource):
     glue_warehouse: str | None = None  # s3:// warehouse of the Glue catalog
 
     @classmethod
-    def from_settings(cls, settings: LakeSettings) -> "SparkMergeResource":
+    def from_settings(cls, settings: LakeSettings) -> SparkMergeResource:
         """The Spark engine of a deployment: local spark-submit, or EMR Serverless when LAKE_ENV=aws."""
         sp = settings.spark
         aws = settings.aws

@@ -17,8 +17,8 @@ import pytest
 
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
 from lake_assets.core.cdc.iceberg import TableDefinitionError
-from lake_assets.core.cdc.runner import BatchFailed, MergeOptions, merge_pending
 from lake_assets.core.cdc.inprocess import InProcessEngine
+from lake_assets.core.cdc.runner import BatchFailed, MergeOptions, merge_pending
 from lake_assets.core.ledger import COMMITTED, DUPLICATE, FAILED, LANDED, PROCESSING
 from tests.lakehelpers import TempLake, make_lake
 

@@ -76,7 +76,7 @@ class ColumnRule(_Strict):
         return None if v is None else check_identifier(v, "column alias")
 
     @model_validator(mode="after")
-    def _options(self) -> "ColumnRule":
+    def _options(self) -> ColumnRule:
         if self.mask != "partial" and (self.keep_first or self.keep_last is not None):
             raise ValueError("keep_first/keep_last apply to the partial mask only")
         if self.mask == "none" and not (self.reason or "").strip():
@@ -98,7 +98,7 @@ class Condition(_Strict):
     value: Any = None
 
     @model_validator(mode="after")
-    def _value(self) -> "Condition":
+    def _value(self) -> Condition:
         if self.op in ("is_null", "is_not_null"):
             if self.value is not None:
                 raise ValueError(f"op {self.op} takes no value")

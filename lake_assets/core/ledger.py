@@ -18,9 +18,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 LANDED, PROCESSING, COMMITTED, FAILED, QUARANTINED = "landed", "processing", "committed", "failed", "quarantined"
 DUPLICATE, SUPERSEDED = "duplicate", "superseded"

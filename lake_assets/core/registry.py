@@ -22,7 +22,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lake_assets.core import naming
-from lake_assets.core.types import SEQUENCE_TYPES_TEXT, canonical_type, orders_by_kind
 from lake_assets.core.naming import (
     QUARANTINE_SUFFIX,
     TOMBSTONE_SUFFIX,
@@ -31,6 +30,7 @@ from lake_assets.core.naming import (
     source_aligned_key,
     table_identifier,
 )
+from lake_assets.core.types import SEQUENCE_TYPES_TEXT, canonical_type, orders_by_kind
 
 BUILTIN_SOURCES_DIR = Path(__file__).resolve().parents[1] / "sources"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big registries
@@ -340,7 +340,7 @@ class TableConfig(_TableRules):
         return check_identifier(v, "source name")
 
     @model_validator(mode="after")
-    def _csv_needs_columns(self) -> "TableConfig":
+    def _csv_needs_columns(self) -> TableConfig:
         if self.format == "csv" and not self.csv.header and self.columns is None:
             raise ValueError("field columns: header-less CSV needs the ordered column list")
         return self
@@ -372,7 +372,7 @@ class TableConfig(_TableRules):
         return self.model_dump(mode="json", by_alias=True)
 
     @classmethod
-    def from_json_dict(cls, d: dict) -> "TableConfig":
+    def from_json_dict(cls, d: dict) -> TableConfig:
         return cls.model_validate(d)
 
 
@@ -404,7 +404,7 @@ class Registry:
         that source may route nowhere ("source X's registry file is invalid: ...")."""
         return next((e for e in self.errors if e.source == source), None)
 
-    def raise_for_errors(self) -> "Registry":
+    def raise_for_errors(self) -> Registry:
         """The old all-or-nothing behaviour: raise RegistryError naming every invalid file."""
         if self.errors:
             raise RegistryError("\n".join(e.message for e in self.errors))

@@ -18,13 +18,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
-
-from lake_assets.core.deployment import local_catalog
-from lake_assets.core.types import arrow_type
 from pyiceberg.catalog.sql import SqlCatalog
 
-from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
+from lake_assets.core.deployment import local_catalog
 from lake_assets.core.registry import TableConfig, load_registry
+from lake_assets.core.types import arrow_type
+from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
 
 SOURCE = "travel"
 

@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from lake_assets.core.types import UnsupportedTypeError, arrow_type, cast_column, normalize_arrow_type
 from lake_assets.core.naming import IDENTIFIER
 from lake_assets.core.registry import TableConfig
+from lake_assets.core.types import UnsupportedTypeError, arrow_type, cast_column, normalize_arrow_type
 
 LOAD_NAME = re.compile(r"LOAD([0-9A-F]{8})")
 CDC_NAME = re.compile(r"[0-9]{8}-[0-9]{9}")

@@ -31,22 +31,22 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
 from lake_assets.core.cdc.dms import OP, LandingKeyError, parse_landing_key
-from lake_assets.core.spark.engine import SPEC_VERSION
 from lake_assets.core.cdc.iceberg import arrow_schema_of, committed_batches, conform
 from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, env_failpoint, merge_batch
 from lake_assets.core.cdc.semantics import DELETE, INSERT, UPDATE, WIN, Classification, outcome_sql
 from lake_assets.core.landing import LocalLandingZone, S3LandingZone
 from lake_assets.core.registry import TableConfig
 from lake_assets.core.spark.conf import CATALOG_NAME, CatalogSettings
+from lake_assets.core.spark.engine import SPEC_VERSION
 
 COMMIT_METADATA = "org.apache.iceberg.spark.CommitMetadata"
 
