@@ -134,7 +134,7 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
             table, catalog=lake.catalog, ledger=lake.ledger, landing=lake.landing, engine=engine,
             options=merge_options(tags, table, lake.settings), log=context.log.info,
         )
-    except Exception as e:  # noqa: BLE001 - any failure fails this table only; its files stay retryable
+    except Exception as e:  # any failure fails this table only; its files stay retryable
         raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e
     if run.busy:
         context.log.warning(f"{table.identifier}: {run.busy}; its files are merged by that run or the next one")
@@ -161,7 +161,7 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
             f"stale {r.stale_skipped + r.tombstone_rejected}, snapshot {r.snapshot_id}"
             + (" (already committed before a crash; ledger reconciled)" if r.already_committed else "")
         )
-    for key, reason in failed.items():
+    for reason in failed.values():  # each reason names its file
         context.log.error(f"{table.identifier}: file failed and stays retryable: {reason}")
     if not results:
         context.log.info(f"{table.identifier}: no pending files; nothing changed")

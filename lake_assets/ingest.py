@@ -123,7 +123,7 @@ def print_outcome(out: IngestOutcome, say=print) -> None:
         say(f"  duplicate: {key} has the same content as {other}; not merged again")
     for key, md in sorted(out.metadata.items()):
         say(format_row(key, md))
-    for key, reason in sorted(out.failed_files.items()):
+    for _key, reason in sorted(out.failed_files.items()):  # by key; each reason names its file
         say(f"  FAILED FILE {reason}")
     for check in out.failed_checks:
         say(f"  FAILED CHECK {check}")

@@ -39,7 +39,7 @@ def build_landing_sensor(registry: Registry, *, running: bool = True):
                                  settle_seconds=lake.settings.settle_seconds)
         for error in registry.errors:  # a broken registry file stops its own source only: say so every tick
             context.log.error(f"invalid registry file, its source is not ingested: {error.message}")
-        for key, reason in report.unroutable[:20]:
+        for _key, reason in report.unroutable[:20]:  # each reason names its file
             context.log.warning(f"unroutable file, recorded as failed: {reason}")
         if report.settling:
             context.log.info(f"{report.settling} files are still being written (changed in the last "

@@ -293,7 +293,7 @@ def emr_serverless_launcher(context, emr: EmrServerless, *, emr_client=None, log
 def _s3_document(uri: str) -> dict | None:
     try:
         return read_document(uri)
-    except Exception:  # not written (the job died first); botocore's NoSuchKey has no stable import
+    except Exception:  # noqa: BLE001 - not written (the job died first); botocore's NoSuchKey has no stable import
         return None
 
 

@@ -188,7 +188,7 @@ def test_an_operator_reload_replaces_the_table_with_the_next_load_files(lake):
 # --- 2. sequences -------------------------------------------------------------------------------
 
 
-def O(op, i, amount, seq):  # an order change
+def O(op, i, amount, seq):  # noqa: E743 - an order change, short so the histories read as rows
     return {"Op": op, "id": i, "amount": amount, "seq": seq}
 
 

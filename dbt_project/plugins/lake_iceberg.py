@@ -180,7 +180,7 @@ class Plugin(BasePlugin):
                 try:
                     table = self.catalog.load_table(f"{ns}.{name}")
                     self._register_view(conn, ns, name, table.metadata_location)
-                except Exception as e:  # one unreadable table must not stop models that do not read it
+                except Exception as e:  # noqa: BLE001 - one unreadable table must not stop models that do not read it
                     # stderr reaches the dbt console and Dagster's run log; a model reading this
                     # view fails (on its columns, or on this error() for `select *`).
                     print(f"lake_iceberg: WARNING: Iceberg table {ns}.{name} is unreadable: {e}", file=sys.stderr)

@@ -188,7 +188,7 @@ def read_dms_file(f: DmsFile, data: bytes, table: TableConfig) -> FileChanges:
         if len(text) <= len(where) + 2 * REASON_CHARS and text.isprintable():
             raise
         raise FileReadError(_printable(text, len(where) + 2 * REASON_CHARS)) from e
-    except Exception as e:  # noqa: BLE001 - one bad file fails alone, whatever broke
+    except Exception as e:  # one bad file fails alone, whatever broke
         detail = _printable(str(e), REASON_CHARS)
         raise FileReadError(f"{where}: could not read the file: {type(e).__name__}: {detail}") from e
 

@@ -106,7 +106,7 @@ def scan_files(tbl: Table, identifier: str, tasks: list, columns: list[str] | No
     for task in tasks:
         try:
             out.append(scan.to_table([task]))
-        except Exception as e:  # noqa: BLE001 - pyarrow names the buffer, not the file
+        except Exception as e:  # pyarrow names the buffer, not the file
             raise DataFileError(
                 f"table {identifier}: data file {task.file.file_path} cannot be read ({type(e).__name__}: {str(e)[:300]}); "
                 "the table's storage is damaged: restore the file or rebuild the table from its landed files"

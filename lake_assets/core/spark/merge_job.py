@@ -119,7 +119,7 @@ def read_landed(spec: dict) -> tuple[list[LandedInput], dict[str, str]]:
         except LandingKeyError as e:
             failed[key] = str(e)
             continue
-        except Exception as e:  # OSError locally, botocore ClientError on S3
+        except Exception as e:  # noqa: BLE001 - OSError locally, botocore ClientError on S3
             failed[key] = f"{key}: cannot read from landing zone {landing.describe()}: {e}"
             continue
         md5 = entry.get("md5")
@@ -378,7 +378,7 @@ def session_launcher(spark, *, log: Log = lambda msg: None) -> Callable[[dict], 
         started_at = time.time()
         try:
             doc = {"ok": True, "result": run_merge(spark, spec, log=log)}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the caller reads the failure from the document, as from a submitted job
             doc = {"ok": False, "error": error_of(exc)}
         doc["timings"] = {"started_at": started_at, "session_ready_at": started_at, "finished_at": time.time()}
         return doc
