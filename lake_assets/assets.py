@@ -107,8 +107,9 @@ def build_source_assets(source: str, tables: list[TableConfig]):
                 if materialized is not None:
                     yield materialized
             except Failure as e:
-                context.log.error(e.description)
-                failures.append(e.description)
+                description = e.description or f"{table.identifier}: {e}"  # a Failure may come without one
+                context.log.error(description)
+                failures.append(description)
         if failures:
             raise Failure(description=f"{len(failures)} of {len(context.selected_asset_keys)} tables failed; the others merged:\n"
                           + "\n".join(failures))
@@ -166,7 +167,7 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
     if not results:
         context.log.info(f"{table.identifier}: no pending files; nothing changed")
 
-    metadata = {k: MetadataValue.int(v) for k, v in totals.items()}
+    metadata: dict[str, MetadataValue] = {k: MetadataValue.int(v) for k, v in totals.items()}
     metadata["failed_files"] = MetadataValue.int(len(failed))
     if failed:
         metadata["failures"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failed.items()))
@@ -194,7 +195,7 @@ def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -
         con = duckdb.connect()
         con.register("k", keys)
         cols = ", ".join(f'"{k}"' for k in table.primary_key)
-        dupes = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchone()[0]
+        dupes = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchall()[0][0]
         con.close()
         results.append(AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=dupes == 0,
                                         metadata={"duplicate_keys": dupes, "rows": keys.num_rows}))

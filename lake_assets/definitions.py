@@ -41,7 +41,8 @@ def registry_error_key(path: str, taken: set[AssetKey]) -> AssetKey:
 def registry_error_specs(registry: Registry) -> list[AssetSpec]:
     """One non-materializable asset per invalid registry file, in group `registry_errors`, so the
     asset catalog shows which file is broken and why next to the sources that did load."""
-    specs, taken = [], set()
+    specs: list[AssetSpec] = []
+    taken: set[AssetKey] = set()
     for error in registry.errors:
         key = registry_error_key(error.path, taken)
         taken.add(key)

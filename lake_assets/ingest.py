@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 from dagster import AssetKey, DagsterInstance, materialize
@@ -59,7 +60,7 @@ def _named(values: list[str], registry) -> set[str]:
 
 
 def ingest(env: LakeEnvironment, defs, registry, instance=None, retry_failed: bool = False,
-           reload: set[str] = frozenset(), rebuild: set[str] = frozenset(), settle_seconds: float = 0.0) -> IngestOutcome:
+           reload: Set[str] = frozenset(), rebuild: Set[str] = frozenset(), settle_seconds: float = 0.0) -> IngestOutcome:
     report = record_arrivals(env.landing, env.ledger, registry, settle_seconds=settle_seconds)
     if report.settling and report.settled_at:
         # A one-shot command: wait (once) for files that are still being written, rather than leave them.

@@ -50,7 +50,7 @@ def build_landing_sensor(registry: Registry, *, running: bool = True):
         last_ids = cursor.get("pending_marks", {})
         # A table is requested again only when new files arrived for it since its last request.
         newest = lake.ledger.newest_landed()
-        marks = {t: newest.get(t, 0) for t in on_arrival}
+        marks: dict[str, int | str] = {t: newest.get(t, 0) for t in on_arrival}  # str: a resumed batch's mark
         fresh = [t for t in on_arrival if marks[t] and marks[t] != last_ids.get(t)]
         # A run that died mid-merge leaves its batch claimed; request the table again, once per batch.
         stalled = {t: b for t, b in lake.ledger.stalled_batches(STALLED_AFTER).items()

@@ -198,12 +198,14 @@ class Plugin(BasePlugin):
         """Write the rows of the build relation (`location.path`) to Iceberg `<schema>.<identifier>`."""
         if self._conn is None:
             raise RuntimeError("lake_iceberg: store called before the DuckDB connection was configured")
-        relation = target_config.relation
+        relation, location = target_config.relation, target_config.location
         namespace, name = relation.schema, relation.identifier
+        if location is None or not namespace or not name:
+            raise RuntimeError(f"lake_iceberg: store needs a relation with schema and identifier, and a location: {relation}")
         options = target_config.config if isinstance(target_config.config, dict) else {}
         cursor = self._conn.cursor()
         try:
-            data = cursor.execute(f"SELECT * FROM {target_config.location.path}").fetch_arrow_table()
+            data = cursor.execute(f"SELECT * FROM {location.path}").fetch_arrow_table()
             snapshot_properties = {
                 k: str(v) for k, v in (options.get("snapshot_properties") or {}).items() if v is not None
             }

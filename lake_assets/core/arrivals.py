@@ -19,7 +19,7 @@ from lake_assets.core.registry import Registry
 class ArrivalReport:
     recorded: dict[str, int] = field(default_factory=dict)  # table id -> new files to merge
     unroutable: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    content_duplicates: list[tuple[str, str]] = field(default_factory=list)  # (key, duplicate_of): same content, another key
+    content_duplicates: list[tuple[str, str | None]] = field(default_factory=list)  # (key, duplicate_of): same content, another key
     identical: int = 0  # identical re-deliveries (same key, same content): nothing recorded
     rerouted: int = 0
     remaining: bool = False  # more new files than this call's limit
@@ -71,7 +71,7 @@ def record_arrivals(
             if routed.status == DUPLICATE:
                 report.content_duplicates.append((routed.key, routed.duplicate_of))
     seen = ledger.seen_versions()
-    new = []
+    new: list[LandedFile] = []
     youngest: float | None = None
     for obj in landing.list():
         if obj.version in seen.get(obj.key, ()):

@@ -103,7 +103,7 @@ def open_lake(settings: LakeSettings) -> LakeEnvironment:
     props = {"glue.region": aws.region, "warehouse": aws.warehouse_uri}
     if aws.endpoint_url:
         props |= {"glue.endpoint": aws.endpoint_url, "s3.endpoint": aws.endpoint_url}
-    catalog = GlueCatalog(CATALOG_NAME, **props)
+    catalog = GlueCatalog(CATALOG_NAME, client=None, **props)  # client: the catalog builds its own from props
     s3 = boto3.client("s3", region_name=aws.region)
     landing = S3LandingZone(aws.landing_bucket, aws.landing_prefix, s3)
     return LakeEnvironment("aws", catalog, postgres_ledger(aws.ledger_dsn.get_secret_value()), landing)

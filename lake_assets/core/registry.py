@@ -134,8 +134,9 @@ def _cron_field_problem(text: str, name: str, low: int, high: int, names: tuple[
             return f"'?' is only allowed for the day of month or week, not the {name}"
         if part in ("*", "?"):
             continue
-        bounds = [_cron_value(b, low, high, names) for b in part.split("-")]
-        if None in bounds:
+        parts = part.split("-")
+        bounds = [v for v in (_cron_value(b, low, high, names) for b in parts) if v is not None]
+        if len(bounds) < len(parts):
             return f"{name} {item!r} is outside {low}-{high}" + (f" (or {names[0].upper()}-{names[-1].upper()})" if names else "")
         if len(bounds) == 2 and bounds[0] > bounds[1]:
             return f"{name} range {part!r} runs backwards"
@@ -479,7 +480,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                 TableConfig(
                     source=spec.source,
                     name=t.name,
-                    schema=t.schema_,
+                    schema_=t.schema_,
                     source_table=t.source_table or t.name,
                     primary_key=t.primary_key,
                     sequence_by=t.sequence_by,
@@ -520,8 +521,8 @@ def load_source_file(path: Path) -> list[TableConfig]:
 def _code_version() -> str:
     """Parsed files are reused only by the code that parsed them: a changed rule re-validates."""
     h = hashlib.blake2b(digest_size=16)
-    for module in (sys.modules[__name__], naming):
-        h.update(Path(module.__file__).read_bytes())
+    for source in (__file__, naming.__file__):
+        h.update(Path(source).read_bytes())
     h.update(f"{pydantic.VERSION} {sys.version}".encode())
     return h.hexdigest()
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
-from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
+from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
 from pyiceberg.table import Table
 from pyiceberg.transforms import parse_transform
 from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
@@ -193,8 +193,7 @@ def batch_summary(batch_id: str, files: list[str], counts: dict[str, int], extra
 
 
 def _iceberg_fields(schema: pa.Schema) -> dict[str, object]:
-    converted = visit_pyarrow(schema, _ConvertToIcebergWithoutIDs())
-    return {f.name: f.field_type for f in converted.fields}
+    return {f.name: f.field_type for f in _pyarrow_to_schema_without_ids(schema).fields}
 
 
 def _widens(old, new) -> bool:

@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -274,12 +275,14 @@ class SparkWriter:
         c = plan.classification
         if plan.history:
             rows, action = conform(plan.rows, target), "append"
-        elif plan.reload:
-            rows, action = conform(plan.rows.take(c.written), target), "replace"
         else:
-            changing = c.indices(INSERT, UPDATE, DELETE)
-            rows = conform(plan.rows.take(changing), target).append_column(OUTCOME, c.outcome.take(changing))
-            action = "merge"
+            assert c is not None  # current mode: the pipeline classified the winners
+            if plan.reload:
+                rows, action = conform(plan.rows.take(c.written), target), "replace"
+            else:
+                changing = c.indices(INSERT, UPDATE, DELETE)
+                rows = conform(plan.rows.take(changing), target).append_column(OUTCOME, c.outcome.take(changing))
+                action = "merge"
         if action != "replace" and rows.num_rows == 0:
             _empty_commit(catalog, identifier, plan.summary)
         else:
@@ -419,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         spark = SparkSession.builder.appName(f"lake-merge {spec['table']['source']}.{spec['table']['name']}").getOrCreate()
         session_ready_at = time.time()
         log(f"Spark {spark.version} session ready in {session_ready_at - started_at:.1f}s")
-        doc = {"ok": False, "error": {"type": "Interrupted", "message": "the job was interrupted before it finished"}}
+        doc: dict[str, Any] = {"ok": False, "error": {"type": "Interrupted", "message": "the job was interrupted before it finished"}}
         try:
             result = run_merge(spark, spec, log=log)
             doc = {"ok": True, "result": result}
