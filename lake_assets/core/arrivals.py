@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
 from lake_assets.core.landing import LandingZone
 from lake_assets.core.ledger import DUPLICATE, FileLedger, LandedFile
-from lake_assets.core.registry import Registry
+from lake_assets.core.registry import Registry, TableConfig
 
 
 @dataclass
@@ -37,7 +37,9 @@ class ArrivalReport:
         return self.identical + len(self.content_duplicates)
 
 
-def route(key: str, registry: Registry, folders=None) -> tuple[str | None, str | None]:
+def route(
+    key: str, registry: Registry, folders: dict[tuple[str, str, str], TableConfig] | None = None
+) -> tuple[str | None, str | None]:
     folders = folders if folders is not None else registry.for_landing_folder()
     try:
         f = parse_landing_key(key)

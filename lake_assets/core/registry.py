@@ -212,7 +212,7 @@ class _TableRules(_Strict):
 
     @field_validator("columns", check_fields=False)
     @classmethod
-    def _columns(cls, v):
+    def _columns(cls, v: tuple[ColumnSpec, ...] | None) -> tuple[ColumnSpec, ...] | None:
         problem = _columns_problem(v)
         if problem:
             raise ValueError(problem)

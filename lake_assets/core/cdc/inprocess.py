@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -206,7 +207,7 @@ class InProcessEngine:
         *,
         now: dt.datetime | None = None,
         reload_requested: bool = False,
-        failpoint=lambda name: None,
+        failpoint: Callable[[str], None] = lambda name: None,
     ) -> MergeResult:
         return merge_batch(InProcessWriter(), catalog, table, files, batch_id, now=now,
                            reload_requested=reload_requested, failpoint=failpoint)
