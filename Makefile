@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export LAKE_HOME
 export DAGSTER_HOME := $(LAKE_HOME)/dagster
 
-.PHONY: setup demo test ui bench clean
+.PHONY: setup demo lint test test-fast ui bench clean
 
 $(VENV)/.installed: pyproject.toml scripts/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,18 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m demo --reset
 
+## Lint and types, as configured in pyproject.toml ([tool.ruff], [tool.mypy]); the tools are dev pins.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 ## One command: install, then run every test.
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
+
+## The quick loop while editing: every test but Spark's and the SIGKILL crash tests.
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not spark" --ignore=tests/test_crash_recovery.py
 
 ## The Dagster UI on http://127.0.0.1:3000 (sensors and schedules run by themselves).
 ui: setup

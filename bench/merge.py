@@ -97,9 +97,9 @@ def upsert(catalog, table, files, started: float) -> dict:
     import pyarrow.compute as pc
     from pyiceberg.expressions import In
 
+    from lake_assets.core.cdc.batch import read_batch
     from lake_assets.core.cdc.dms import OP
     from lake_assets.core.cdc.iceberg import conform
-    from lake_assets.core.cdc.batch import read_batch
     from lake_assets.core.cdc.pipeline import with_lake_columns
     from lake_assets.core.cdc.semantics import winners
 
@@ -167,8 +167,8 @@ def run_worker(engine: str, home: Path, source: str) -> dict:
 
 def prepare(home: Path, rows: int, engines: list[str], fraction: float) -> dict[str, str]:
     """One landing copy per engine (same bytes), each loaded by the in-process engine."""
-    from lake_assets.core.cdc.inprocess import InProcessEngine
     from bench.taxi import write_taxi_changes, write_taxi_full_load
+    from lake_assets.core.cdc.inprocess import InProcessEngine
 
     landing = home / "landing"
     generated = home / "generated"

@@ -115,6 +115,8 @@ def startup_figures(tables: int, repeat: int) -> None:
 
 
 def sensor_tick(files: int) -> tuple[float, float, int]:
+    import datetime as dt
+
     from dagster import DagsterInstance, build_sensor_context
 
     from demo.dms_writer import cdc_file_name, write_raw
@@ -122,7 +124,6 @@ def sensor_tick(files: int) -> tuple[float, float, int]:
     from lake_assets.core.registry import load_registry
     from lake_assets.sensors import build_landing_sensor
     from resources.lake import LakeResource
-    import datetime as dt
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)

@@ -20,9 +20,9 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from demo.generate import generate_travel
 from lake_assets.core.deployment import local_environment
+from lake_assets.core.registry import load_registry
 from lake_assets.core.settings import current_settings
 from lake_assets.ingest import format_row, ingest
-from lake_assets.core.registry import load_registry
 
 
 def _say(msg: str) -> None:

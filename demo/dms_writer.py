@@ -19,7 +19,7 @@ import decimal
 import gzip as gzip_module
 import io
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,7 @@ def _parquet_value(t: pa.DataType) -> Callable[[Any], Any]:
     if pa.types.is_timestamp(t) and t.tz is None:
         return lambda v: _utc_naive(v) if isinstance(v, datetime) and v.tzinfo is not None else v
     if pa.types.is_timestamp(t):
-        return lambda v: v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) and v.tzinfo is None else v
+        return lambda v: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
     if pa.types.is_date(t):
         return lambda v: v.date() if isinstance(v, datetime) else v
     return lambda v: v
@@ -218,7 +218,7 @@ def _write_parquet(path: Path, table: pa.Table, *, gzip: bool) -> Path:
 
 
 def _utc_naive(ts: datetime) -> datetime:
-    return ts.astimezone(timezone.utc).replace(tzinfo=None)
+    return ts.astimezone(UTC).replace(tzinfo=None)
 
 
 def _csv_formatter(col_type: str) -> Callable[[Any], str]:

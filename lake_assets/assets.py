@@ -15,16 +15,16 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSpec,
     Failure,
     MaterializeResult,
     MetadataValue,
-    AssetSpec,
     multi_asset,
 )
 from pyiceberg.exceptions import NoSuchTableError
 
-from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.cdc.iceberg import committed_batches
+from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.naming import source_pool
 from lake_assets.core.registry import Registry, TableConfig
 from resources.lake import LakeResource
@@ -107,8 +107,9 @@ def build_source_assets(source: str, tables: list[TableConfig]):
                 if materialized is not None:
                     yield materialized
             except Failure as e:
-                context.log.error(e.description)
-                failures.append(e.description)
+                description = e.description or f"{table.identifier}: {e}"  # a Failure may come without one
+                context.log.error(description)
+                failures.append(description)
         if failures:
             raise Failure(description=f"{len(failures)} of {len(context.selected_asset_keys)} tables failed; the others merged:\n"
                           + "\n".join(failures))
@@ -134,7 +135,7 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
             table, catalog=lake.catalog, ledger=lake.ledger, landing=lake.landing, engine=engine,
             options=merge_options(tags, table, lake.settings), log=context.log.info,
         )
-    except Exception as e:  # noqa: BLE001 - any failure fails this table only; its files stay retryable
+    except Exception as e:  # any failure fails this table only; its files stay retryable
         raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e
     if run.busy:
         context.log.warning(f"{table.identifier}: {run.busy}; its files are merged by that run or the next one")
@@ -161,12 +162,12 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
             f"stale {r.stale_skipped + r.tombstone_rejected}, snapshot {r.snapshot_id}"
             + (" (already committed before a crash; ledger reconciled)" if r.already_committed else "")
         )
-    for key, reason in failed.items():
+    for reason in failed.values():  # each reason names its file
         context.log.error(f"{table.identifier}: file failed and stays retryable: {reason}")
     if not results:
         context.log.info(f"{table.identifier}: no pending files; nothing changed")
 
-    metadata = {k: MetadataValue.int(v) for k, v in totals.items()}
+    metadata: dict[str, MetadataValue] = {k: MetadataValue.int(v) for k, v in totals.items()}
     metadata["failed_files"] = MetadataValue.int(len(failed))
     if failed:
         metadata["failures"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failed.items()))
@@ -194,7 +195,7 @@ def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -
         con = duckdb.connect()
         con.register("k", keys)
         cols = ", ".join(f'"{k}"' for k in table.primary_key)
-        dupes = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchone()[0]
+        dupes = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchall()[0][0]
         con.close()
         results.append(AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=dupes == 0,
                                         metadata={"duplicate_keys": dupes, "rows": keys.num_rows}))

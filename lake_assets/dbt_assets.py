@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class LakeDbtTranslator(DagsterDbtTranslator):
         # Refresh once any parent has a new materialization, when no parent is missing or running.
         return AutomationCondition.eager()
 
-    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> list[str] | None:
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str] | None:
         owner = (dbt_resource_props.get("config", {}).get("meta") or {}).get("owner")
         return [owner] if owner else super().get_owners(dbt_resource_props)
 

@@ -19,9 +19,9 @@ from dagster import AssetKey, AssetSpec, Definitions, MetadataValue, definitions
 
 from lake_assets.assets import source_aligned_assets
 from lake_assets.core.registry import Registry, load_registry
+from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor
-from lake_assets.core.settings import LakeSettings, current_settings
 from resources.lake import LakeResource
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def registry_error_key(path: str, taken: set[AssetKey]) -> AssetKey:
 def registry_error_specs(registry: Registry) -> list[AssetSpec]:
     """One non-materializable asset per invalid registry file, in group `registry_errors`, so the
     asset catalog shows which file is broken and why next to the sources that did load."""
-    specs, taken = [], set()
+    specs: list[AssetSpec] = []
+    taken: set[AssetKey] = set()
     for error in registry.errors:
         key = registry_error_key(error.path, taken)
         taken.add(key)

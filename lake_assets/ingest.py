@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 from dagster import AssetKey, DagsterInstance, materialize
@@ -59,7 +60,7 @@ def _named(values: list[str], registry) -> set[str]:
 
 
 def ingest(env: LakeEnvironment, defs, registry, instance=None, retry_failed: bool = False,
-           reload: set[str] = frozenset(), rebuild: set[str] = frozenset(), settle_seconds: float = 0.0) -> IngestOutcome:
+           reload: Set[str] = frozenset(), rebuild: Set[str] = frozenset(), settle_seconds: float = 0.0) -> IngestOutcome:
     report = record_arrivals(env.landing, env.ledger, registry, settle_seconds=settle_seconds)
     if report.settling and report.settled_at:
         # A one-shot command: wait (once) for files that are still being written, rather than leave them.
@@ -123,7 +124,7 @@ def print_outcome(out: IngestOutcome, say=print) -> None:
         say(f"  duplicate: {key} has the same content as {other}; not merged again")
     for key, md in sorted(out.metadata.items()):
         say(format_row(key, md))
-    for key, reason in sorted(out.failed_files.items()):
+    for _key, reason in sorted(out.failed_files.items()):  # by key; each reason names its file
         say(f"  FAILED FILE {reason}")
     for check in out.failed_checks:
         say(f"  FAILED CHECK {check}")
@@ -140,8 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--rebuild", nargs="+", default=[], metavar="SOURCE.TABLE", help="re-derive these tables from their landed files")
     args = p.parse_args(argv)
     # Source-aligned assets only: neither dagster-dbt nor the dbt manifest is touched here.
-    from lake_assets.definitions import build_definitions, gc_paused
     from lake_assets.core.registry import load_registry
+    from lake_assets.definitions import build_definitions, gc_paused
 
     with gc_paused(freeze=True):  # the registry and definitions live as long as the command
         registry = load_registry()

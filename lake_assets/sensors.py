@@ -39,7 +39,7 @@ def build_landing_sensor(registry: Registry, *, running: bool = True):
                                  settle_seconds=lake.settings.settle_seconds)
         for error in registry.errors:  # a broken registry file stops its own source only: say so every tick
             context.log.error(f"invalid registry file, its source is not ingested: {error.message}")
-        for key, reason in report.unroutable[:20]:
+        for _key, reason in report.unroutable[:20]:  # each reason names its file
             context.log.warning(f"unroutable file, recorded as failed: {reason}")
         if report.settling:
             context.log.info(f"{report.settling} files are still being written (changed in the last "
@@ -50,7 +50,7 @@ def build_landing_sensor(registry: Registry, *, running: bool = True):
         last_ids = cursor.get("pending_marks", {})
         # A table is requested again only when new files arrived for it since its last request.
         newest = lake.ledger.newest_landed()
-        marks = {t: newest.get(t, 0) for t in on_arrival}
+        marks: dict[str, int | str] = {t: newest.get(t, 0) for t in on_arrival}  # str: a resumed batch's mark
         fresh = [t for t in on_arrival if marks[t] and marks[t] != last_ids.get(t)]
         # A run that died mid-merge leaves its batch claimed; request the table again, once per batch.
         stalled = {t: b for t, b in lake.ledger.stalled_batches(STALLED_AFTER).items()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from dagster import ConfigurableResource, PipesSubprocessClient
 from dagster._core.errors import DagsterPipesExecutionError  # what PipesSubprocessClient raises on a non-zero exit
 from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesEMRServerlessClient
 
-from lake_assets.core.spark.engine import Launcher, SparkEngine, SparkJobError, SparkJobInterrupted
 from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.core.spark.conf import (
     EMR_ICEBERG_JAR,
@@ -37,6 +37,7 @@ from lake_assets.core.spark.conf import (
     merge_job_script,
     spark_submit_command,
 )
+from lake_assets.core.spark.engine import Launcher, SparkEngine, SparkJobError, SparkJobInterrupted
 from lake_assets.core.spark.merge_job import read_document, write_document
 
 ENVIRONMENT_DIR = "environment"  # where spark.archives unpacks the job's Python environment on EMR
@@ -51,7 +52,7 @@ def _table_of(spec: dict) -> str:
     return f"{spec['table']['source']}.{spec['table']['name']}"
 
 
-def _job_document(messages: list[Any]) -> dict | None:
+def _job_document(messages: Sequence[Any]) -> dict | None:
     """The job's result document among the Pipes custom messages (the last one wins)."""
     for m in reversed(messages):
         if isinstance(m, dict) and "ok" in m and ("result" in m or "error" in m):
@@ -254,9 +255,8 @@ def emr_serverless_launcher(context, emr: EmrServerless, *, emr_client=None, log
     """Submit the job to EMR Serverless through Dagster Pipes; the spec and result travel via S3."""
     import boto3
 
-    region = {"region_name": emr.region} if emr.region else {}
-    emr_client = emr_client or boto3.client("emr-serverless", **region)
-    logs_client = logs_client or boto3.client("logs", **region)
+    emr_client = emr_client or boto3.client("emr-serverless", region_name=emr.region or None)  # None: boto3's default
+    logs_client = logs_client or boto3.client("logs", region_name=emr.region or None)
 
     def launch(spec: dict) -> dict:
         catalog = CatalogSettings.from_json_dict(spec["catalog"])
@@ -293,7 +293,7 @@ def emr_serverless_launcher(context, emr: EmrServerless, *, emr_client=None, log
 def _s3_document(uri: str) -> dict | None:
     try:
         return read_document(uri)
-    except Exception:  # not written (the job died first); botocore's NoSuchKey has no stable import
+    except Exception:  # noqa: BLE001 - not written (the job died first); botocore's NoSuchKey has no stable import
         return None
 
 
@@ -319,7 +319,7 @@ class SparkMergeResource(ConfigurableResource):
     glue_warehouse: str | None = None  # s3:// warehouse of the Glue catalog
 
     @classmethod
-    def from_settings(cls, settings: LakeSettings) -> "SparkMergeResource":
+    def from_settings(cls, settings: LakeSettings) -> SparkMergeResource:
         """The Spark engine of a deployment: local spark-submit, or EMR Serverless when LAKE_ENV=aws."""
         sp = settings.spark
         aws = settings.aws
@@ -352,12 +352,13 @@ class SparkMergeResource(ConfigurableResource):
         missing = [k for k, v in needed.items() if not v]
         if missing:
             raise ValueError(f"SparkMergeResource(mode='emr') needs {', '.join(missing)}")
+        given = {k: v for k, v in needed.items() if v}
         return EmrServerless(
-            application_id=self.emr_application_id,
-            execution_role_arn=self.emr_execution_role_arn,
-            script_uri=self.emr_script_uri,
-            environment_uri=self.emr_environment_uri,
-            jobs_uri=self.emr_jobs_uri,
+            application_id=given["emr_application_id"],
+            execution_role_arn=given["emr_execution_role_arn"],
+            script_uri=given["emr_script_uri"],
+            environment_uri=given["emr_environment_uri"],
+            jobs_uri=given["emr_jobs_uri"],
             region=self.region,
             log_group=self.emr_log_group,
         )
@@ -366,6 +367,7 @@ class SparkMergeResource(ConfigurableResource):
         home = Path(self.lake_home).resolve()
         if self.mode == "emr":
             emr = self.emr()
+            assert self.landing and self.glue_warehouse  # emr() requires them
             return SparkEngine(
                 emr_serverless_launcher(context, emr),
                 landing=self.landing,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lake_assets.core.arrivals import record_arrivals
-from lake_assets.core.cdc.runner import MergeOptions, TableRun, merge_pending
 from lake_assets.core.cdc.inprocess import InProcessEngine
+from lake_assets.core.cdc.runner import MergeOptions, TableRun, merge_pending
 from lake_assets.core.deployment import LakeEnvironment, local_environment
 from lake_assets.core.registry import Registry, load_registry
 

@@ -141,7 +141,7 @@ class TableOracle:
         else:
             self.current_load |= loads
         if self.mode == "history":
-            for pos, op, row, f, n in changes:
+            for _pos, op, row, f, n in changes:
                 self.history.append({**row, "_lake_op": op, "_lake_file": f.key, "_lake_row": n})
             counts.appended = len(changes)
             return counts

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lake_assets.core.arrivals import ArrivalReport, record_arrivals
-from lake_assets.core.cdc.runner import MergeOptions, merge_pending
-from lake_assets.core.cdc.inprocess import InProcessEngine, MergeResult
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
+from lake_assets.core.arrivals import ArrivalReport, record_arrivals
+from lake_assets.core.cdc.inprocess import InProcessEngine, MergeResult
+from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.ledger import COMMITTED, FAILED, QUARANTINED, SUPERSEDED, LedgerEntry
 from tests.lakehelpers import TempLake, make_lake
 

@@ -6,8 +6,8 @@ import json
 
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
-from lake_assets.definitions import build_definitions
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
+from lake_assets.definitions import build_definitions
 from lake_assets.sensors import build_landing_sensor
 from resources.lake import LakeResource
 from tests.lakehelpers import make_lake

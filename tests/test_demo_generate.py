@@ -179,7 +179,7 @@ def test_full_load_is_split_into_numbered_load_files(demo):
 
 
 def test_files_have_the_registry_columns_and_types(demo):
-    for name, t in demo.tables.items():
+    for t in demo.tables.values():
         if t.format != "parquet":
             continue
         folder = demo.landing / "travel" / t.schema / t.source_table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -104,7 +104,7 @@ def test_parquet_full_load_has_declared_types_and_no_op(tmp_path):
     assert t.schema.types == ARROW_TYPES
     got = t.to_pylist()[0]
     assert got["price"] == Decimal("1234.50")
-    assert got["seen_tz"] == datetime(2026, 11, 21, 10, 15, 0, 5, tzinfo=timezone.utc)
+    assert got["seen_tz"] == datetime(2026, 11, 21, 10, 15, 0, 5, tzinfo=UTC)
     assert {k: v for k, v in got.items() if k not in ("price", "seen_tz", "ratio")} == {
         k: v for k, v in ROW.items() if k not in ("price", "seen_tz", "ratio")
     }
@@ -211,7 +211,7 @@ def test_csv_values_cast_back_to_declared_types(tmp_path):
         if name == "price":
             expected = Decimal("1234.50")
         if name == "seen_tz":
-            expected = datetime(2026, 11, 21, 10, 15, 0, 5, tzinfo=timezone.utc)
+            expected = datetime(2026, 11, 21, 10, 15, 0, 5, tzinfo=UTC)
         assert value == expected, name
 
 

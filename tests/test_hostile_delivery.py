@@ -17,8 +17,8 @@ import pytest
 
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
 from lake_assets.core.cdc.iceberg import TableDefinitionError
-from lake_assets.core.cdc.runner import BatchFailed, MergeOptions, merge_pending
 from lake_assets.core.cdc.inprocess import InProcessEngine
+from lake_assets.core.cdc.runner import BatchFailed, MergeOptions, merge_pending
 from lake_assets.core.ledger import COMMITTED, DUPLICATE, FAILED, LANDED, PROCESSING
 from tests.lakehelpers import TempLake, make_lake
 
@@ -188,7 +188,7 @@ def test_an_operator_reload_replaces_the_table_with_the_next_load_files(lake):
 # --- 2. sequences -------------------------------------------------------------------------------
 
 
-def O(op, i, amount, seq):  # an order change
+def O(op, i, amount, seq):  # noqa: E743 - an order change, short so the histories read as rows
     return {"Op": op, "id": i, "amount": amount, "seq": seq}
 
 

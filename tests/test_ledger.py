@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 
 from lake_assets.core.ledger import (
-    COMMITTED, DUPLICATE, FAILED, LANDED, PROCESSING, QUARANTINED, STATUSES, SUPERSEDED, LandedFile, LedgerError, TableBusy,
-    postgres_ledger, sqlite_ledger,
+    COMMITTED,
+    DUPLICATE,
+    FAILED,
+    LANDED,
+    PROCESSING,
+    QUARANTINED,
+    STATUSES,
+    SUPERSEDED,
+    LandedFile,
+    LedgerError,
+    TableBusy,
+    postgres_ledger,
+    sqlite_ledger,
 )
 from tests.postgres_server import fresh_database, postgres_server
 
@@ -457,7 +468,7 @@ def test_a_database_locked_too_long_fails_naming_the_ledger_and_the_operation(pl
         assert f"ledger {where} (SQLite)" in msg
     else:
         dbname = where.split("dbname=")[1].split()[0]
-        assert f"@127.0.0.1:" in msg and f"/{dbname} (PostgreSQL)" in msg
+        assert "@127.0.0.1:" in msg and f"/{dbname} (PostgreSQL)" in msg
 
 
 def test_other_database_errors_name_the_ledger(place):

@@ -8,10 +8,8 @@ import os
 import subprocess
 import sys
 
-from pyiceberg.catalog.sql import SqlCatalog
-
 from demo.dms_writer import cdc_file_name, date_folder, load_file_name, write_dms_file
-from lake_assets.core.deployment import local_catalog, REPO_ROOT
+from lake_assets.core.deployment import REPO_ROOT, local_catalog
 
 YAML = """
 source: crm

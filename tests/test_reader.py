@@ -116,7 +116,7 @@ def reasons(changes: FileChanges) -> dict[int, str]:
 
 def ns(text: str, nanos: int) -> int:
     """Nanoseconds since the epoch of a UTC wall-clock time plus some nanoseconds."""
-    t = dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
     return (int(t.timestamp()) * 1_000_000_000) + nanos
 
 
@@ -135,7 +135,7 @@ def test_nanosecond_timestamps_are_truncated_to_microseconds(tables):
         "seen": naive, "seen_tz": paris,  # undeclared
     })
     expected = [dt.datetime(2026, 11, 21, 10, 15, 0, 123456), dt.datetime(1969, 12, 31, 23, 59, 59, 999999)]
-    utc = [t.replace(tzinfo=dt.timezone.utc) for t in expected]
+    utc = [t.replace(tzinfo=dt.UTC) for t in expected]
 
     for table in (tables["orders"], tables["accounts"]):
         got = read(table, CDC + ".parquet", parquet(file))
@@ -167,14 +167,14 @@ def test_nanoseconds_in_a_quarantined_row_show_in_its_raw_values(tables):
 @pytest.mark.parametrize("unit", ["s", "ms"])
 def test_second_and_millisecond_timestamps_convert_exactly(tables, unit):
     per_s = {"s": 1, "ms": 1000}[unit]
-    value = int(dt.datetime(2026, 11, 21, 10, 15, 7, tzinfo=dt.timezone.utc).timestamp()) * per_s + (per_s - 1)
+    value = int(dt.datetime(2026, 11, 21, 10, 15, 7, tzinfo=dt.UTC).timestamp()) * per_s + (per_s - 1)
     file = pa.table({"Op": ["I"], "id": [1], "at": pa.array([value], pa.timestamp(unit)),
                      "seen": pa.array([value], pa.timestamp(unit, tz="UTC"))})
     got = read(tables["orders"], CDC + ".parquet", parquet(file))
     want = dt.datetime(2026, 11, 21, 10, 15, 7, 999000 if unit == "ms" else 0)
     assert got.quarantined == []
     assert got.table.column("at").to_pylist() == [want]
-    assert got.table.column("seen").to_pylist() == [want.replace(tzinfo=dt.timezone.utc)]
+    assert got.table.column("seen").to_pylist() == [want.replace(tzinfo=dt.UTC)]
     assert got.table.schema.field("seen").type == pa.timestamp("us", tz="UTC")
 
 
@@ -449,7 +449,7 @@ def test_a_good_file_still_reads_as_before(tables, tmp_path):
         got = read(tables["orders"], CDC + ext, data)
         assert got.quarantined == [] and got.rows_read == 2
         assert rows(got) == [
-            {"id": 1, "amount": 10, "qty": 1, "at": at, "at_tz": at.replace(tzinfo=dt.timezone.utc), "note": "a"},
+            {"id": 1, "amount": 10, "qty": 1, "at": at, "at_tz": at.replace(tzinfo=dt.UTC), "note": "a"},
             {"id": 2, "amount": None, "qty": None, "at": None, "at_tz": None, "note": None},
         ]
         assert got.table.column(OP).to_pylist() == ["I", "D"] and got.table.column(ROW).to_pylist() == [1, 2]

@@ -27,7 +27,7 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 
-from lake_assets.core.deployment import CATALOG_NAME, local_catalog  # one definition of the lake
+from lake_assets.core.deployment import local_catalog  # one definition of the lake
 from lake_assets.core.settings import resolve_home
 
 EXTENSIONS = ("avro", "iceberg")
@@ -160,12 +160,12 @@ class Plugin(BasePlugin):
     def initialize(self, plugin_config: dict[str, Any]) -> None:
         self.lake_home = resolve_lake_home(plugin_config.get("lake_home"))
         self.extension_dir = Path(plugin_config.get("extension_dir") or self.lake_home / "duckdb_extensions")
-        self._catalog: SqlCatalog | None = None
+        self._catalog: Catalog | None = None
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
 
     @property
-    def catalog(self) -> SqlCatalog:
+    def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = lake_catalog(self.lake_home)
         return self._catalog
@@ -180,7 +180,7 @@ class Plugin(BasePlugin):
                 try:
                     table = self.catalog.load_table(f"{ns}.{name}")
                     self._register_view(conn, ns, name, table.metadata_location)
-                except Exception as e:  # one unreadable table must not stop models that do not read it
+                except Exception as e:  # noqa: BLE001 - one unreadable table must not stop models that do not read it
                     # stderr reaches the dbt console and Dagster's run log; a model reading this
                     # view fails (on its columns, or on this error() for `select *`).
                     print(f"lake_iceberg: WARNING: Iceberg table {ns}.{name} is unreadable: {e}", file=sys.stderr)
@@ -198,12 +198,14 @@ class Plugin(BasePlugin):
         """Write the rows of the build relation (`location.path`) to Iceberg `<schema>.<identifier>`."""
         if self._conn is None:
             raise RuntimeError("lake_iceberg: store called before the DuckDB connection was configured")
-        relation = target_config.relation
+        relation, location = target_config.relation, target_config.location
         namespace, name = relation.schema, relation.identifier
+        if location is None or not namespace or not name:
+            raise RuntimeError(f"lake_iceberg: store needs a relation with schema and identifier, and a location: {relation}")
         options = target_config.config if isinstance(target_config.config, dict) else {}
         cursor = self._conn.cursor()
         try:
-            data = cursor.execute(f"SELECT * FROM {target_config.location.path}").fetch_arrow_table()
+            data = cursor.execute(f"SELECT * FROM {location.path}").fetch_arrow_table()
             snapshot_properties = {
                 k: str(v) for k, v in (options.get("snapshot_properties") or {}).items() if v is not None
             }

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
 from lake_assets.core.landing import LandingZone
 from lake_assets.core.ledger import DUPLICATE, FileLedger, LandedFile
-from lake_assets.core.registry import Registry
+from lake_assets.core.registry import Registry, TableConfig
 
 
 @dataclass
 class ArrivalReport:
     recorded: dict[str, int] = field(default_factory=dict)  # table id -> new files to merge
     unroutable: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    content_duplicates: list[tuple[str, str]] = field(default_factory=list)  # (key, duplicate_of): same content, another key
+    content_duplicates: list[tuple[str, str | None]] = field(default_factory=list)  # (key, duplicate_of): same content, another key
     identical: int = 0  # identical re-deliveries (same key, same content): nothing recorded
     rerouted: int = 0
     remaining: bool = False  # more new files than this call's limit
@@ -37,7 +37,9 @@ class ArrivalReport:
         return self.identical + len(self.content_duplicates)
 
 
-def route(key: str, registry: Registry, folders=None) -> tuple[str | None, str | None]:
+def route(
+    key: str, registry: Registry, folders: dict[tuple[str, str, str], TableConfig] | None = None
+) -> tuple[str | None, str | None]:
     folders = folders if folders is not None else registry.for_landing_folder()
     try:
         f = parse_landing_key(key)
@@ -71,7 +73,7 @@ def record_arrivals(
             if routed.status == DUPLICATE:
                 report.content_duplicates.append((routed.key, routed.duplicate_of))
     seen = ledger.seen_versions()
-    new = []
+    new: list[LandedFile] = []
     youngest: float | None = None
     for obj in landing.list():
         if obj.version in seen.get(obj.key, ()):

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from lake_assets.core.dbt_codegen import GeneratedFile, GeneratedFolder
-from lake_assets.core.registry import Registry, TableConfig
+from lake_assets.core.registry import ColumnSpec, Registry, TableConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCES_MODELS_DIR = Path("models") / "sources"
@@ -77,7 +77,7 @@ def _column_description(table: TableConfig, name: str, description: str | None) 
     return text or None
 
 
-def _column(table: TableConfig, column) -> dict[str, Any]:
+def _column(table: TableConfig, column: ColumnSpec) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": column.name, "data_type": sql_type(column.type)}
     description = _column_description(table, column.name, column.description)
     if description:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
@@ -21,6 +23,8 @@ from lake_assets.core.settings import CATALOG_NAME, REPO_ROOT, LakeSettings, cur
 
 __all__ = ["CATALOG_NAME", "REPO_ROOT", "CatalogBusyError", "LakeEnvironment", "environment_from_env", "local_catalog",
            "local_environment", "open_lake"]
+
+T = TypeVar("T")
 
 CATALOG_BUSY_SECONDS = 60.0  # how long a locked catalog.db is waited for before the error names it
 
@@ -42,12 +46,12 @@ def _locked(err: Exception) -> bool:
     return "database is locked" in text or "database table is locked" in text or "busy" in text
 
 
-def _retrying(method):
+def _retrying(method: Callable[..., T]) -> Callable[..., T]:
     """A catalog call retried with backoff while SQLite reports the database locked, then an error
     naming the file (a bare sqlite3.OperationalError says neither which file nor what to do)."""
 
     @functools.wraps(method)
-    def call(self, *args, **kwargs):
+    def call(self: LakeSqlCatalog, *args: Any, **kwargs: Any) -> T:
         deadline = time.monotonic() + self.busy_seconds
         delay = 0.05
         while True:
@@ -103,7 +107,7 @@ def open_lake(settings: LakeSettings) -> LakeEnvironment:
     props = {"glue.region": aws.region, "warehouse": aws.warehouse_uri}
     if aws.endpoint_url:
         props |= {"glue.endpoint": aws.endpoint_url, "s3.endpoint": aws.endpoint_url}
-    catalog = GlueCatalog(CATALOG_NAME, **props)
+    catalog = GlueCatalog(CATALOG_NAME, client=None, **props)  # client: the catalog builds its own from props
     s3 = boto3.client("s3", region_name=aws.region)
     landing = S3LandingZone(aws.landing_bucket, aws.landing_prefix, s3)
     return LakeEnvironment("aws", catalog, postgres_ledger(aws.ledger_dsn.get_secret_value()), landing)

@@ -76,7 +76,7 @@ class ColumnRule(_Strict):
         return None if v is None else check_identifier(v, "column alias")
 
     @model_validator(mode="after")
-    def _options(self) -> "ColumnRule":
+    def _options(self) -> ColumnRule:
         if self.mask != "partial" and (self.keep_first or self.keep_last is not None):
             raise ValueError("keep_first/keep_last apply to the partial mask only")
         if self.mask == "none" and not (self.reason or "").strip():
@@ -98,7 +98,7 @@ class Condition(_Strict):
     value: Any = None
 
     @model_validator(mode="after")
-    def _value(self) -> "Condition":
+    def _value(self) -> Condition:
         if self.op in ("is_null", "is_not_null"):
             if self.value is not None:
                 raise ValueError(f"op {self.op} takes no value")
@@ -254,8 +254,8 @@ def _dataset_problems(dataset: Dataset, where: str) -> list[str]:
             problems.append(f"{where}: column {name!r}: output name {out!r} is also used by column {outputs[out]!r}")
         outputs[out] = name
     for c in dataset.row_filter:
-        rule = dataset.columns.get(c.column)
-        if rule is None or rule.masked:
+        allowed = dataset.columns.get(c.column)
+        if allowed is None or allowed.masked:
             problems.append(
                 f"{where}: field row_filter: column {c.column!r} must be an allowed, unmasked column of the dataset "
                 "(Lake Formation re-applies the filter on the consumer table)"
@@ -329,7 +329,9 @@ def pii_columns(
     found: dict[str, PiiOrigin] = {}
     for source, name in m.sources:
         table = tables.get((source, name))
-        for column in table.pii if table else ():
+        if table is None:
+            continue
+        for column in table.pii:
             if column in m.columns:
                 found.setdefault(column, PiiOrigin(f"{source}.{name}.{column}", table.config_file))
     for parent in m.refs:
@@ -427,7 +429,7 @@ def lake_formation_config(consumer_name: str, consumer: Consumer, dataset_name: 
     """dbt-athena's lf_tags_config and lf_grants for one consumer table."""
     masked_columns: dict[str, list[str]] = {}
     for name, rule in dataset.columns.items():
-        tag = {None: "clear", "none": "pii_unmasked"}.get(rule.mask, rule.mask)
+        tag = "clear" if rule.mask is None else "pii_unmasked" if rule.mask == "none" else rule.mask
         masked_columns.setdefault(tag, []).append(output_column(name, rule))
     return {
         "lf_tags_config": {

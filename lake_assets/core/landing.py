@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class LocalLandingZone:
 class S3LandingZone:
     """Landing in S3 (bucket + prefix); the ETag serves as version and checksum."""
 
-    def __init__(self, bucket: str, prefix: str, client):
+    def __init__(self, bucket: str, prefix: str, client: S3Client):
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client

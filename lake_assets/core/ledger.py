@@ -18,9 +18,14 @@ import sqlite3
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection as PgConnection
 
 LANDED, PROCESSING, COMMITTED, FAILED, QUARANTINED = "landed", "processing", "committed", "failed", "quarantined"
 DUPLICATE, SUPERSEDED = "duplicate", "superseded"
@@ -335,7 +340,8 @@ class SqlFileLedger:
                 self._exec(cur, "SELECT COALESCE(MAX(file_version), 0) FROM landed_files WHERE key = ?", (f.key,))
                 file_version = cur.fetchone()[0] + 1
                 other = self._duplicate_of(cur, f.table_id, f.checksum, f.key) if f.table_id else None
-                if other is not None:
+                reason: str | None
+                if f.table_id and other is not None:
                     status, reason = DUPLICATE, self._duplicate_reason(f.key, f.checksum, f.table_id, other)
                 else:
                     status, reason = (LANDED, f.reason) if f.table_id else (FAILED, f.reason)
@@ -435,6 +441,7 @@ class SqlFileLedger:
             f"SELECT {_COLUMNS} FROM landed_files WHERE table_id = ? AND status = ? ORDER BY batch_id, key, file_version",
             (table_id, PROCESSING),
         ):
+            assert e.batch_id is not None, f"{e.key}: processing without a batch id"  # claiming sets both at once
             out.setdefault(e.batch_id, []).append(e)
         return out
 
@@ -662,7 +669,7 @@ class TableLock:
         self._lost = False
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
-        self._session = None  # PostgreSQL: the connection holding the advisory lock
+        self._session: _LockSession | None = None  # PostgreSQL: the connection holding the advisory lock
 
     @property
     def held(self) -> bool:
@@ -741,21 +748,44 @@ class TableLock:
 # --- backends -----------------------------------------------------------------------------------
 
 
-class _Backend:
+class _Backend(ABC):
     placeholder = "?"
     autoinc = ""
     errors: tuple[type[BaseException], ...] = ()
     advisory = False  # whether table locks are database advisory locks
 
+    @abstractmethod
     def describe(self) -> str: ...
+    @abstractmethod
     def connect(self, timeout: float): ...
+    @abstractmethod
     def prepare(self, cur) -> None: ...
+    @abstractmethod
     def begin(self, cur, write: bool) -> None: ...
+    @abstractmethod
     def commit(self, conn, cur) -> None: ...
+    @abstractmethod
     def rollback(self, conn) -> None: ...
+    @abstractmethod
     def is_busy(self, err: BaseException) -> bool: ...
+    @abstractmethod
     def columns(self, cur, table: str) -> set[str]: ...
+    @abstractmethod
     def serialize(self, cur, what: str) -> None: ...
+
+    # Advisory table locks: only a backend with `advisory = True` has them.
+
+    def lock_session(self, table_id: str) -> _LockSession:
+        raise NotImplementedError(f"{type(self).__name__} has no advisory locks")
+
+    def try_advisory(self, session: _LockSession, table_id: str) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} has no advisory locks")
+
+    def session_alive(self, session: _LockSession) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} has no advisory locks")
+
+    def close_session(self, session: _LockSession, table_id: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no advisory locks")
 
 
 class _Sqlite(_Backend):
@@ -879,7 +909,9 @@ class _Postgres(_Backend):
             with session.guard:
                 cur = session.conn.cursor()
                 cur.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key(f"table:{table_id}"),))
-                return bool(cur.fetchone()[0])
+                row = cur.fetchone()
+                assert row is not None  # a SELECT without FROM returns one row
+                return bool(row[0])
         except self._pg.Error as err:
             raise LedgerError(f"ledger {self._desc}: taking the lock of table {table_id}: {err}") from err
 
@@ -905,7 +937,7 @@ class _Postgres(_Backend):
 class _LockSession:
     """The PostgreSQL connection that holds a table's advisory lock (heartbeat and owner share it)."""
 
-    conn: object
+    conn: PgConnection
     guard: threading.Lock
 
 

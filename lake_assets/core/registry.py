@@ -15,14 +15,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lake_assets.core import naming
-from lake_assets.core.types import SEQUENCE_TYPES_TEXT, canonical_type, orders_by_kind
 from lake_assets.core.naming import (
     QUARANTINE_SUFFIX,
     TOMBSTONE_SUFFIX,
@@ -31,6 +30,7 @@ from lake_assets.core.naming import (
     source_aligned_key,
     table_identifier,
 )
+from lake_assets.core.types import SEQUENCE_TYPES_TEXT, canonical_type, orders_by_kind
 
 BUILTIN_SOURCES_DIR = Path(__file__).resolve().parents[1] / "sources"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big registries
@@ -134,8 +134,9 @@ def _cron_field_problem(text: str, name: str, low: int, high: int, names: tuple[
             return f"'?' is only allowed for the day of month or week, not the {name}"
         if part in ("*", "?"):
             continue
-        bounds = [_cron_value(b, low, high, names) for b in part.split("-")]
-        if None in bounds:
+        parts = part.split("-")
+        bounds = [v for v in (_cron_value(b, low, high, names) for b in parts) if v is not None]
+        if len(bounds) < len(parts):
             return f"{name} {item!r} is outside {low}-{high}" + (f" (or {names[0].upper()}-{names[-1].upper()})" if names else "")
         if len(bounds) == 2 and bounds[0] > bounds[1]:
             return f"{name} range {part!r} runs backwards"
@@ -211,7 +212,7 @@ class _TableRules(_Strict):
 
     @field_validator("columns", check_fields=False)
     @classmethod
-    def _columns(cls, v):
+    def _columns(cls, v: tuple[ColumnSpec, ...] | None) -> tuple[ColumnSpec, ...] | None:
         problem = _columns_problem(v)
         if problem:
             raise ValueError(problem)
@@ -340,7 +341,7 @@ class TableConfig(_TableRules):
         return check_identifier(v, "source name")
 
     @model_validator(mode="after")
-    def _csv_needs_columns(self) -> "TableConfig":
+    def _csv_needs_columns(self) -> TableConfig:
         if self.format == "csv" and not self.csv.header and self.columns is None:
             raise ValueError("field columns: header-less CSV needs the ordered column list")
         return self
@@ -372,7 +373,7 @@ class TableConfig(_TableRules):
         return self.model_dump(mode="json", by_alias=True)
 
     @classmethod
-    def from_json_dict(cls, d: dict) -> "TableConfig":
+    def from_json_dict(cls, d: dict) -> TableConfig:
         return cls.model_validate(d)
 
 
@@ -404,7 +405,7 @@ class Registry:
         that source may route nowhere ("source X's registry file is invalid: ...")."""
         return next((e for e in self.errors if e.source == source), None)
 
-    def raise_for_errors(self) -> "Registry":
+    def raise_for_errors(self) -> Registry:
         """The old all-or-nothing behaviour: raise RegistryError naming every invalid file."""
         if self.errors:
             raise RegistryError("\n".join(e.message for e in self.errors))
@@ -470,7 +471,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
     d = spec.defaults
     out, problems = [], []
     for t in spec.tables:
-        def pick(name):
+        def pick(name: str, t: TableSpec = t) -> Any:  # t bound now, not looked up when called
             v = getattr(t, name)
             return getattr(d, name) if v is None else v
 
@@ -479,7 +480,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                 TableConfig(
                     source=spec.source,
                     name=t.name,
-                    schema=t.schema_,
+                    schema_=t.schema_,
                     source_table=t.source_table or t.name,
                     primary_key=t.primary_key,
                     sequence_by=t.sequence_by,
@@ -520,8 +521,8 @@ def load_source_file(path: Path) -> list[TableConfig]:
 def _code_version() -> str:
     """Parsed files are reused only by the code that parsed them: a changed rule re-validates."""
     h = hashlib.blake2b(digest_size=16)
-    for module in (sys.modules[__name__], naming):
-        h.update(Path(module.__file__).read_bytes())
+    for source in (__file__, naming.__file__):
+        h.update(Path(source).read_bytes())
     h.update(f"{pydantic.VERSION} {sys.version}".encode())
     return h.hexdigest()
 

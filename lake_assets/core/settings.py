@@ -13,7 +13,7 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -106,7 +106,7 @@ class LakeSettings(_Frozen):
     # --- to and from the environment ------------------------------------------------------------
 
     @classmethod
-    def local(cls, home: Path, **overrides) -> LakeSettings:
+    def local(cls, home: Path, **overrides: Any) -> LakeSettings:
         """Settings of a local lake at `home` (tests, the demo)."""
         return cls(env="local", home=Path(home).resolve(), **overrides)
 

@@ -18,13 +18,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
-
-from lake_assets.core.deployment import local_catalog
-from lake_assets.core.types import arrow_type
 from pyiceberg.catalog.sql import SqlCatalog
 
-from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
+from lake_assets.core.deployment import local_catalog
 from lake_assets.core.registry import TableConfig, load_registry
+from lake_assets.core.types import arrow_type
+from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
 
 SOURCE = "travel"
 
@@ -188,7 +187,7 @@ def source_rows() -> dict[str, list[dict]]:
         dict(audit_id=h[0], booking_id=h[1], old_status=h[2], new_status=h[3], changed_at=ts(h[4]))
         for h in STATUS_HISTORY
     ]
-    for name, table_rows in rows.items():
+    for table_rows in rows.values():
         for i, r in enumerate(table_rows, 1):
             r.update(zip([n for n, _ in LAKE_COLUMNS], _lake(i, "2026-01-05 00:00:00")))
     return rows

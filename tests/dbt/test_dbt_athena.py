@@ -12,10 +12,11 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from dbt_lake_fixture import run_dbt
 from lake_assets.core import governance
 from lake_assets.core.naming import consumer_model_name
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
+
+from dbt_lake_fixture import run_dbt
 
 ATHENA_ENV = {
     "LAKE_ENV": "aws",

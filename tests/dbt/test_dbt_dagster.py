@@ -9,10 +9,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dbt_lake_fixture import create_source_tables, lake_catalog
 from lake_assets.core import governance
-from lake_assets.dbt_assets import dbt_definitions, dbt_executable, dbt_resource
 from lake_assets.core.registry import load_registry
+from lake_assets.dbt_assets import dbt_definitions, dbt_executable, dbt_resource
+
+from dbt_lake_fixture import create_source_tables, lake_catalog
 
 SOURCE_KEYS = [dg.AssetKey(t.asset_key_path) for t in load_registry().by_source()["travel"]]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from lake_assets.core import governance
 from demo.dbt_report import print_consumer_samples
+from lake_assets.core import governance
 
 
 def test_prints_a_sample_of_every_consumer_dataset(built_lake, tmp_path):

@@ -19,12 +19,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbt_lake_fixture import SOURCE
 from lake_assets.core import dbt_codegen, dbt_sources
-from lake_assets.core.settings import current_settings
 from lake_assets.core.registry import load_registry
+from lake_assets.core.settings import current_settings
 from lake_assets.core.types import arrow_type
 from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
+
+from dbt_lake_fixture import SOURCE
 
 REPO = DBT_PROJECT_DIR.parent
 EVERY_REGISTRY_TYPE = ["string", "int", "long", "float", "double", "boolean", "date", "timestamp", "timestamptz",

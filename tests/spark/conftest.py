@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from lake_assets.core.deployment import local_catalog
 from lake_assets.core.cdc.batch import LandedInput
 from lake_assets.core.cdc.dms import parse_landing_key
+from lake_assets.core.deployment import local_catalog
 from lake_assets.core.ledger import LandedFile
 from lake_assets.core.registry import ColumnSpec, CsvOptions, PartitionField, TableConfig
 from lake_assets.core.spark.conf import build_session, catalog_settings_of, local_spark_conf

@@ -19,8 +19,8 @@ from dagster_pipes import PIPES_PROTOCOL_VERSION, PIPES_PROTOCOL_VERSION_FIELD
 from moto.backends import get_backend
 from moto.server import ThreadedMotoServer
 
-from lake_assets.core.cdc.runner import merge_pending
 from demo.dms_writer import load_file_name, table_dir, write_dms_file
+from lake_assets.core.cdc.runner import merge_pending
 from lake_assets.core.landing import S3LandingZone
 from lake_assets.core.ledger import sqlite_ledger
 from resources.spark import SparkMergeResource, spark_engine_for

@@ -13,15 +13,15 @@ import pyarrow as pa
 import pytest
 from moto.server import ThreadedMotoServer
 
-from lake_assets.core.cdc.runner import merge_pending
+from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file, write_raw
 from lake_assets.core.cdc.iceberg import SchemaDriftError, committed_batches
 from lake_assets.core.cdc.inprocess import InProcessEngine
-from lake_assets.core.spark.engine import SparkEngine
-from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file, write_raw
+from lake_assets.core.cdc.runner import merge_pending
 from lake_assets.core.landing import LocalLandingZone
 from lake_assets.core.ledger import sqlite_ledger
 from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
 from lake_assets.core.registry import load_registry
+from lake_assets.core.spark.engine import SparkEngine
 from lake_assets.core.spark.merge_job import session_launcher
 from tests.spark.conftest import NOW, landed, make_table, record_landed, sql_catalog, table_rows, unique_source
 

@@ -7,14 +7,14 @@ import datetime as dt
 import pytest
 from dagster import AssetExecutionContext, AssetKey, DagsterInstance, MaterializeResult, asset, materialize
 
-from lake_assets.core.cdc.runner import merge_pending
+from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
 from lake_assets.core.cdc.iceberg import committed_batches
 from lake_assets.core.cdc.inprocess import InProcessEngine
-from lake_assets.core.spark.engine import SparkEngine, SparkJobError
-from demo.dms_writer import cdc_file_name, load_file_name, table_dir, write_dms_file
+from lake_assets.core.cdc.runner import merge_pending
 from lake_assets.core.landing import LocalLandingZone
 from lake_assets.core.ledger import sqlite_ledger
 from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.spark.engine import SparkEngine, SparkJobError
 from resources.spark import LocalSpark, SparkMergeResource, plain_launcher, spark_engine_for
 from tests.spark.conftest import make_table, record_landed, sql_catalog, table_rows
 

@@ -15,15 +15,16 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from lake_assets.core.types import UnsupportedTypeError, arrow_type, cast_column, normalize_arrow_type
 from lake_assets.core.naming import IDENTIFIER
-from lake_assets.core.registry import TableConfig
+from lake_assets.core.registry import CsvOptions, TableConfig
+from lake_assets.core.types import UnsupportedTypeError, arrow_type, cast_column, normalize_arrow_type
 
 LOAD_NAME = re.compile(r"LOAD([0-9A-F]{8})")
 CDC_NAME = re.compile(r"[0-9]{8}-[0-9]{9}")
@@ -141,12 +142,12 @@ def _printable(text: str, limit: int | None = None) -> str:
     return text
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     """A value as a reason quotes it: its Python repr, printable and short."""
     return _printable(repr(value), 100)
 
 
-def _scalar(col: pa.ChunkedArray | pa.Array, i: int):
+def _scalar(col: pa.ChunkedArray | pa.Array, i: int) -> Any:
     """The Python value of one cell; as text where Python has no exact value (nanosecond times)."""
     try:
         return col[i].as_py()
@@ -188,7 +189,7 @@ def read_dms_file(f: DmsFile, data: bytes, table: TableConfig) -> FileChanges:
         if len(text) <= len(where) + 2 * REASON_CHARS and text.isprintable():
             raise
         raise FileReadError(_printable(text, len(where) + 2 * REASON_CHARS)) from e
-    except Exception as e:  # noqa: BLE001 - one bad file fails alone, whatever broke
+    except Exception as e:  # one bad file fails alone, whatever broke
         detail = _printable(str(e), REASON_CHARS)
         raise FileReadError(f"{where}: could not read the file: {type(e).__name__}: {detail}") from e
 
@@ -270,13 +271,13 @@ def _column_names(where: str, names: list[str]) -> list[str]:
     return out
 
 
-def _csv_token(opts) -> re.Pattern:
+def _csv_token(opts: CsvOptions) -> re.Pattern:
     q, d = re.escape(opts.quote.encode()), re.escape(opts.delimiter.encode())
     quoted = rb"%s[^%s]*(?:%s%s[^%s]*)*(?:%s|\Z)" % (q, q, q, q, q, q)
     return re.compile(rb"%s|(%s)|(\r\n|\n|\r)|[^%s%s\r\n]+|." % (quoted, d, d, q), re.DOTALL)
 
 
-def _csv_field_counts(data: bytes, opts, sample_rows: int = 1000, sample_bytes: int = 1 << 20) -> Counter:
+def _csv_field_counts(data: bytes, opts: CsvOptions, sample_rows: int = 1000, sample_bytes: int = 1 << 20) -> Counter:
     """How many rows have how many fields, over the first rows: one bad row, even the first, decides nothing.
 
     One pattern matches a quoted value, a delimiter, a line end or other text, so a value of any
@@ -322,7 +323,7 @@ def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[
         skip = 0
     bad: list[tuple[int, str, str]] = []
 
-    def on_invalid(row) -> str:
+    def on_invalid(row: Any) -> str:  # a pyarrow.csv.InvalidRow
         bad.append((row.number, f"row has {row.actual_columns} fields, expected {row.expected_columns}", row.text))
         return "skip"
 

@@ -10,15 +10,17 @@ kind); a registry that disagrees is refused until an explicit rebuild.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
-from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import parse_transform
-from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
+from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
 
 from lake_assets.core.registry import TableConfig
 
@@ -165,7 +167,7 @@ def _shown_files(files: list[str]) -> str:
     return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
 
 
-def lake_snapshots(tbl: Table):
+def lake_snapshots(tbl: Table) -> Iterator[Snapshot]:
     """The table's snapshots from the current one back through its parents, newest first."""
     snap = tbl.current_snapshot()
     while snap is not None:
@@ -192,12 +194,11 @@ def batch_summary(batch_id: str, files: list[str], counts: dict[str, int], extra
     }
 
 
-def _iceberg_fields(schema: pa.Schema) -> dict[str, object]:
-    converted = visit_pyarrow(schema, _ConvertToIcebergWithoutIDs())
-    return {f.name: f.field_type for f in converted.fields}
+def _iceberg_fields(schema: pa.Schema) -> dict[str, IcebergType]:
+    return {f.name: f.field_type for f in _pyarrow_to_schema_without_ids(schema).fields}
 
 
-def _widens(old, new) -> bool:
+def _widens(old: IcebergType, new: IcebergType) -> bool:
     if isinstance(old, IntegerType) and isinstance(new, LongType):
         return True
     if isinstance(old, FloatType) and isinstance(new, DoubleType):
@@ -212,11 +213,11 @@ class SchemaEvolution:
     """The columns a batch adds to its table and the widenings it needs, decided before anything is
     written (incompatible changes raise SchemaDriftError) and applied inside the engine's commit."""
 
-    additions: tuple[tuple[str, object], ...]
-    widenings: tuple[tuple[str, object], ...]
+    additions: tuple[tuple[str, IcebergType], ...]
+    widenings: tuple[tuple[str, IcebergType], ...]
     changes: tuple[str, ...]
 
-    def apply(self, txn) -> None:
+    def apply(self, txn: Transaction) -> None:
         if not self.additions and not self.widenings:
             return
         with txn.update_schema() as update:
@@ -249,7 +250,7 @@ def plan_evolution(tbl: Table, identifier: str, batch_schema: pa.Schema, files: 
     return SchemaEvolution(tuple(additions), tuple(widenings), tuple(changes))
 
 
-def arrow_schema_of(tbl_or_txn) -> pa.Schema:
+def arrow_schema_of(tbl_or_txn: Table | Transaction) -> pa.Schema:
     meta = tbl_or_txn.table_metadata if hasattr(tbl_or_txn, "table_metadata") else tbl_or_txn.metadata
     return meta.schema().as_arrow()
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import duckdb
 import pyarrow as pa
@@ -20,6 +22,8 @@ from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.table import Table
+from pyiceberg.typedef import Record
+from pyiceberg.types import PrimitiveType
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
 from lake_assets.core.cdc.dms import OP
@@ -54,7 +58,7 @@ def _as_comparable(col: pa.ChunkedArray | pa.Array) -> list:
     return sorted(set(col.to_pylist()))
 
 
-def _partition_filter(tbl: Table, win: pa.Table, keys: tuple[str, ...]):
+def _partition_filter(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[int, set[tuple]] | None:
     """Partition tuples the batch's keys live in, or None when partitions cannot prune.
 
     Only sound when every partition source column is part of the primary key: then a key can never
@@ -73,6 +77,11 @@ def _partition_filter(tbl: Table, win: pa.Table, keys: tuple[str, ...]):
     return spec.spec_id, set(zip(*columns))
 
 
+def _values(record: Record) -> tuple:
+    """A partition Record as a tuple (Record has no __iter__: tuple() walks it by index)."""
+    return tuple(record[i] for i in range(len(record)))
+
+
 def candidate_tasks(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[list, int]:
     """Scan tasks of data files that may hold one of the batch's keys: partition, then key-range pruning."""
     if tbl.current_snapshot() is None or win.num_rows == 0:
@@ -84,14 +93,15 @@ def candidate_tasks(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[l
     out = []
     for task in tasks:
         if partitions is not None and task.file.spec_id == partitions[0]:
-            if tuple(task.file.partition) not in partitions[1]:
+            if _values(task.file.partition) not in partitions[1]:
                 continue
         lo_b = task.file.lower_bounds.get(first.field_id) if task.file.lower_bounds else None
         hi_b = task.file.upper_bounds.get(first.field_id) if task.file.upper_bounds else None
         if lo_b is None or hi_b is None:
             out.append(task)
             continue
-        lo, hi = from_bytes(first.field_type, lo_b), from_bytes(first.field_type, hi_b)
+        key_type = cast(PrimitiveType, first.field_type)  # a primary-key column is a scalar
+        lo, hi = from_bytes(key_type, lo_b), from_bytes(key_type, hi_b)
         i = bisect.bisect_left(wanted, lo)
         if i < len(wanted) and wanted[i] <= hi:
             out.append(task)
@@ -106,7 +116,7 @@ def scan_files(tbl: Table, identifier: str, tasks: list, columns: list[str] | No
     for task in tasks:
         try:
             out.append(scan.to_table([task]))
-        except Exception as e:  # noqa: BLE001 - pyarrow names the buffer, not the file
+        except Exception as e:  # pyarrow names the buffer, not the file
             raise DataFileError(
                 f"table {identifier}: data file {task.file.file_path} cannot be read ({type(e).__name__}: {str(e)[:300]}); "
                 "the table's storage is damaged: restore the file or rebuild the table from its landed files"
@@ -197,7 +207,7 @@ class InProcessEngine:
         *,
         now: dt.datetime | None = None,
         reload_requested: bool = False,
-        failpoint=lambda name: None,
+        failpoint: Callable[[str], None] = lambda name: None,
     ) -> MergeResult:
         return merge_batch(InProcessWriter(), catalog, table, files, batch_id, now=now,
                            reload_requested=reload_requested, failpoint=failpoint)

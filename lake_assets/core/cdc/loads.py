@@ -25,7 +25,8 @@ RELOAD = "lake.reload"
 
 def encode_load_set(numbers: set[int]) -> str:
     """LOAD numbers as ranges, '1-4,7': a load of thousands of files stays a short summary value."""
-    out, run = [], []
+    out: list[str] = []
+    run: list[int] = []
     for n in sorted(numbers):
         if run and n == run[-1] + 1:
             run.append(n)

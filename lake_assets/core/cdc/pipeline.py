@@ -16,8 +16,9 @@ import datetime as dt
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog

@@ -14,11 +14,13 @@ others merge; a batch whose table disagrees with the registry is released untouc
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
@@ -29,7 +31,7 @@ from lake_assets.core.cdc.iceberg import SchemaDriftError, TableDefinitionError,
 from lake_assets.core.cdc.pipeline import EngineInterrupted, MergeResult, env_failpoint
 from lake_assets.core.cdc.sidecars import drop_sidecars, rollback_sidecars
 from lake_assets.core.landing import LandingZone
-from lake_assets.core.ledger import COMMITTED, FAILED, PROCESSING, QUARANTINED, FileLedger, LedgerEntry, TableBusy
+from lake_assets.core.ledger import COMMITTED, FAILED, PROCESSING, QUARANTINED, FileLedger, LedgerEntry, TableBusy, TableLock
 from lake_assets.core.naming import quarantine_identifier
 from lake_assets.core.registry import TableConfig
 
@@ -70,13 +72,29 @@ class TableRun:
         return out
 
 
+class MergeEngine(Protocol):
+    """What the runner merges a batch with: the in-process engine or the Spark engine."""
+
+    def merge(
+        self,
+        catalog: Catalog,
+        table: TableConfig,
+        files: list[LandedInput],
+        batch_id: str,
+        *,
+        now: dt.datetime | None = None,
+        reload_requested: bool = False,
+        failpoint: Callable[[str], None] = ...,
+    ) -> MergeResult: ...
+
+
 def merge_pending(
     table: TableConfig,
     *,
     catalog: Catalog,
     ledger: FileLedger,
     landing: LandingZone,
-    engine,
+    engine: MergeEngine,
     options: MergeOptions = MergeOptions(),
     failpoint: Callable[[str], None] = env_failpoint,
     log: Callable[[str], None] = lambda msg: None,
@@ -118,7 +136,9 @@ def merge_pending(
     return run
 
 
-def rebuild(table: TableConfig, *, catalog: Catalog, ledger: FileLedger, landing: LandingZone, log=lambda msg: None) -> str:
+def rebuild(
+    table: TableConfig, *, catalog: Catalog, ledger: FileLedger, landing: LandingZone, log: Callable[[str], None] = lambda msg: None
+) -> str:
     """Drop the table and its sidecars and put every landed file of the table back to be merged again.
 
     Refused (nothing dropped) when a file the table was built from is no longer in the landing zone."""
@@ -148,7 +168,7 @@ class LockLost(RuntimeError):
     """The table's lock lapsed while this process merged it (it was paused longer than its lease)."""
 
 
-def _guarded(failpoint: Callable[[str], None], lock, table: TableConfig) -> Callable[[str], None]:
+def _guarded(failpoint: Callable[[str], None], lock: TableLock, table: TableConfig) -> Callable[[str], None]:
     """The failpoint hook, plus the check that the lock is still ours right before the commit."""
 
     def hook(name: str) -> None:
@@ -161,7 +181,8 @@ def _guarded(failpoint: Callable[[str], None], lock, table: TableConfig) -> Call
 
 
 class _BatchRunner:
-    def __init__(self, table: TableConfig, catalog, ledger: FileLedger, landing: LandingZone, engine, failpoint, log, owner: str):
+    def __init__(self, table: TableConfig, catalog: Catalog, ledger: FileLedger, landing: LandingZone, engine: MergeEngine,
+                 failpoint: Callable[[str], None], log: Callable[[str], None], owner: str):
         self.table, self.catalog, self.ledger, self.landing = table, catalog, ledger, landing
         self.engine, self.failpoint, self.log, self.owner = engine, failpoint, log, owner
 

@@ -138,7 +138,7 @@ def rollback_sidecars(catalog: Catalog, table: TableConfig, batch_id: str) -> li
     undone = []
     tomb = load_table(catalog, tombstone_identifier(table.source, table.name))
     snap = tomb.current_snapshot() if tomb is not None else None
-    if snap is not None and (snap.summary.additional_properties if snap.summary else {}).get(BATCH_ID) == batch_id:
+    if tomb is not None and snap is not None and (snap.summary.additional_properties if snap.summary else {}).get(BATCH_ID) == batch_id:
         if snap.parent_snapshot_id is not None:
             tomb.manage_snapshots().rollback_to_snapshot(snap.parent_snapshot_id).commit()
         else:
@@ -150,7 +150,9 @@ def rollback_sidecars(catalog: Catalog, table: TableConfig, batch_id: str) -> li
     if quarantine is not None and batch_id in committed_batches(quarantine):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            quarantine.delete(EqualTo("batch_id", batch_id), snapshot_properties=batch_summary(f"rollback-{batch_id}", [], {}))
+            # EqualTo(term, literal) is pyiceberg's own __init__; mypy sees only the pydantic fields.
+            by_batch = EqualTo("batch_id", batch_id)  # type: ignore[call-arg]
+            quarantine.delete(by_batch, snapshot_properties=batch_summary(f"rollback-{batch_id}", [], {}))
         undone.append(f"quarantined rows written by batch {batch_id}")
     return undone
 

@@ -51,12 +51,12 @@ class CatalogSettings:
     properties: dict[str, str] = field(default_factory=dict)  # extra pyiceberg properties (glue.region, s3.*)
 
     @classmethod
-    def local(cls, lake_home: str | os.PathLike) -> "CatalogSettings":
+    def local(cls, lake_home: str | os.PathLike) -> CatalogSettings:
         home = Path(lake_home).resolve()
         return cls(type="sql", uri=f"sqlite:///{home}/catalog.db", warehouse=f"file://{home}/warehouse")
 
     @classmethod
-    def glue(cls, warehouse: str, *, region: str | None = None, **properties: str) -> "CatalogSettings":
+    def glue(cls, warehouse: str, *, region: str | None = None, **properties: str) -> CatalogSettings:
         props = dict(properties)
         if region:
             props.setdefault("glue.region", region)
@@ -67,7 +67,7 @@ class CatalogSettings:
         return {"type": self.type, "warehouse": self.warehouse, "uri": self.uri, "properties": dict(self.properties)}
 
     @classmethod
-    def from_json_dict(cls, d: dict) -> "CatalogSettings":
+    def from_json_dict(cls, d: dict) -> CatalogSettings:
         return cls(type=d["type"], warehouse=d["warehouse"], uri=d.get("uri"), properties=dict(d.get("properties") or {}))
 
     def load(self):

@@ -15,8 +15,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException

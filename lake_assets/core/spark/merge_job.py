@@ -31,24 +31,23 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
 from lake_assets.core.cdc.dms import OP, LandingKeyError, parse_landing_key
-from lake_assets.core.spark.engine import SPEC_VERSION
 from lake_assets.core.cdc.iceberg import arrow_schema_of, committed_batches, conform
 from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, env_failpoint, merge_batch
 from lake_assets.core.cdc.semantics import DELETE, INSERT, UPDATE, WIN, Classification, outcome_sql
 from lake_assets.core.landing import LocalLandingZone, S3LandingZone
 from lake_assets.core.registry import TableConfig
 from lake_assets.core.spark.conf import CATALOG_NAME, CatalogSettings
+from lake_assets.core.spark.engine import SPEC_VERSION
 
 COMMIT_METADATA = "org.apache.iceberg.spark.CommitMetadata"
 
@@ -121,7 +120,7 @@ def read_landed(spec: dict) -> tuple[list[LandedInput], dict[str, str]]:
         except LandingKeyError as e:
             failed[key] = str(e)
             continue
-        except Exception as e:  # OSError locally, botocore ClientError on S3
+        except Exception as e:  # noqa: BLE001 - OSError locally, botocore ClientError on S3
             failed[key] = f"{key}: cannot read from landing zone {landing.describe()}: {e}"
             continue
         md5 = entry.get("md5")
@@ -276,12 +275,14 @@ class SparkWriter:
         c = plan.classification
         if plan.history:
             rows, action = conform(plan.rows, target), "append"
-        elif plan.reload:
-            rows, action = conform(plan.rows.take(c.written), target), "replace"
         else:
-            changing = c.indices(INSERT, UPDATE, DELETE)
-            rows = conform(plan.rows.take(changing), target).append_column(OUTCOME, c.outcome.take(changing))
-            action = "merge"
+            assert c is not None  # current mode: the pipeline classified the winners
+            if plan.reload:
+                rows, action = conform(plan.rows.take(c.written), target), "replace"
+            else:
+                changing = c.indices(INSERT, UPDATE, DELETE)
+                rows = conform(plan.rows.take(changing), target).append_column(OUTCOME, c.outcome.take(changing))
+                action = "merge"
         if action != "replace" and rows.num_rows == 0:
             _empty_commit(catalog, identifier, plan.summary)
         else:
@@ -380,7 +381,7 @@ def session_launcher(spark, *, log: Log = lambda msg: None) -> Callable[[dict], 
         started_at = time.time()
         try:
             doc = {"ok": True, "result": run_merge(spark, spec, log=log)}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the caller reads the failure from the document, as from a submitted job
             doc = {"ok": False, "error": error_of(exc)}
         doc["timings"] = {"started_at": started_at, "session_ready_at": started_at, "finished_at": time.time()}
         return doc
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         spark = SparkSession.builder.appName(f"lake-merge {spec['table']['source']}.{spec['table']['name']}").getOrCreate()
         session_ready_at = time.time()
         log(f"Spark {spark.version} session ready in {session_ready_at - started_at:.1f}s")
-        doc = {"ok": False, "error": {"type": "Interrupted", "message": "the job was interrupted before it finished"}}
+        doc: dict[str, Any] = {"ok": False, "error": {"type": "Interrupted", "message": "the job was interrupted before it finished"}}
         try:
             result = run_merge(spark, spec, log=log)
             doc = {"ok": True, "result": result}
