@@ -248,6 +248,35 @@ def test_instants_with_time_zones_compare_as_instants(lake):
     assert rows(lake, EVENTS, "id", "label") == [(1, "new")]
 
 
+LOOSE = """
+source: shop
+defaults: {format: parquet}
+tables:
+  - name: loose           # no declared columns: the sequence's kind comes from the files
+    schema: app
+    primary_key: [id]
+    sequence_by: seq
+"""
+
+
+@pytest.mark.parametrize("same_batch", [False, True], ids=["table-kind", "first-file-kind"])
+def test_a_file_ordering_by_another_kind_fails_alone_naming_both(tmp_path, same_batch):
+    lake = make_lake(tmp_path, {"shop": LOOSE})
+    folder = lake.landing / "shop/app/loose"
+    numbers = [("seq", "long"), ("id", "long"), ("amount", "long")]
+    write_dms_file(folder / cdc(1), [O("I", 1, 10, 5)], numbers, cdc=True)
+    if not same_batch:
+        ingest(lake)  # the table now orders by numbers
+    write_dms_file(folder / cdc(2), [O("U", 1, 11, 6)], numbers, cdc=True)
+    bad = write_dms_file(folder / cdc(3), [O("U", 1, 99, T0)], [("seq", "timestamp"), ("id", "long"), ("amount", "long")],
+                         cdc=True)
+    ingest(lake)
+    assert rows(lake, "shop.loose", "id", "amount") == [(1, 11)]
+    (failed,) = lake.env.ledger.entries("shop.loose", FAILED)
+    assert failed.key.endswith(bad.name) and "shop.loose" in failed.reason
+    assert "timestamp" in failed.reason and "orders its changes by numbers" in failed.reason
+
+
 def test_a_35_digit_sequence_declared_long_is_a_bad_row_naming_the_column(tmp_path):
     source = SOURCE.replace("{name: seq, type: string}", "{name: seq, type: long}")
     lake = make_lake(tmp_path, {"shop": source})
