@@ -374,6 +374,40 @@ def test_an_unexpected_error_on_one_file_fails_it_alone_and_the_others_merge(lak
     assert plain(lake) == [(1, 10), (3, 30), (666, 0)]
 
 
+def test_a_file_that_kills_its_engine_is_resumed_once_then_fails_alone(lake, monkeypatch):
+    """An engine that dies (OOM, lost node) leaves its batch claimed: the next run resumes it with
+    the same id; interrupted again, it is taken apart so the poison file cannot wedge the table."""
+    from lake_assets.core.cdc.pipeline import EngineInterrupted
+
+    land(lake, PLAIN, cdc(1), [{"Op": "I", "id": 1, "amount": 10}])
+    poison = land(lake, PLAIN, cdc(2), [{"Op": "I", "id": 666, "amount": 0}])
+    real = InProcessEngine.merge
+
+    def dying(self, catalog, table, files, batch_id, **kw):
+        if any(f.key.endswith(poison.name) for f in files):
+            raise EngineInterrupted("the engine's process was killed")
+        return real(self, catalog, table, files, batch_id, **kw)
+
+    monkeypatch.setattr(InProcessEngine, "merge", dying)
+    with pytest.raises(EngineInterrupted):
+        ingest(lake)
+    claimed = lake.env.ledger.entries(PLAIN, PROCESSING)
+    assert len(claimed) == 2 and len({e.batch_id for e in claimed}) == 1  # left to be resumed as it is
+    for _ in range(3):
+        try:
+            ingest(lake)
+        except EngineInterrupted:
+            continue
+        break
+    assert plain(lake) == [(1, 10)]
+    assert entries(lake, PLAIN) == {cdc(1) + ".parquet": [COMMITTED], poison.name: [FAILED]}
+    (bad,) = lake.env.ledger.entries(PLAIN, FAILED)
+    assert "killed" in bad.reason and PLAIN in bad.reason
+    land(lake, PLAIN, cdc(3), [{"Op": "I", "id": 3, "amount": 30}])
+    ingest(lake)
+    assert plain(lake) == [(1, 10), (3, 30)]
+
+
 def test_a_batch_abandoned_after_its_sidecar_writes_leaves_no_sidecar_rows(lake, monkeypatch):
     from lake_assets.core.cdc import inprocess
 
