@@ -428,6 +428,36 @@ def test_a_batch_abandoned_after_its_sidecar_writes_leaves_no_sidecar_rows(lake,
     assert [(r["row"], r["reason"]) for r in quarantine(lake, ORDERS)] == [(2, "null primary key column id")]
 
 
+def test_a_batch_abandoned_after_its_tombstone_writes_leaves_no_tombstone(lake, monkeypatch):
+    """A delete whose file then fails must not leave its tombstone behind: it would reject later
+    changes of a row the table still holds."""
+    from lake_assets.core.cdc import inprocess
+    from lake_assets.core.naming import tombstone_identifier
+
+    land(lake, PLAIN, load_file_name(1), L((1, 10), (5, 50)), load=True)
+    ingest(lake)
+    land(lake, PLAIN, cdc(5), [{"Op": "D", "id": 5, "amount": 50}, {"Op": "I", "id": 666, "amount": 0}])
+    land(lake, PLAIN, cdc(6), [{"Op": "U", "id": 1, "amount": 11}])
+    real = inprocess.InProcessWriter.commit
+
+    def failing_with_666(self, catalog, tbl, plan):
+        if 666 in plan.rows.column("id").to_pylist():
+            raise RuntimeError("disk full")
+        return real(self, catalog, tbl, plan)
+
+    monkeypatch.setattr(inprocess.InProcessWriter, "commit", failing_with_666)
+    ingest(lake)
+    assert plain(lake) == [(1, 11), (5, 50)]  # the delete's file failed; the other file merged
+    assert entries(lake, PLAIN)[cdc(5) + ".parquet"] == [FAILED]
+    tombstones = tombstone_identifier("shop", "plain")
+    assert not lake.env.catalog.table_exists(tombstones) or lake.rows(tombstones) == []
+    # A change whose name puts it before the failed file is still newer than the row the table holds.
+    land(lake, PLAIN, cdc(4), [{"Op": "U", "id": 5, "amount": 55}])
+    _, runs = ingest(lake)
+    assert plain(lake) == [(1, 11), (5, 55)]
+    assert [r.tombstone_rejected for r in runs[PLAIN].results] == [0]
+
+
 # --- 6. concurrency -----------------------------------------------------------------------------
 
 
