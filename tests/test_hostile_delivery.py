@@ -374,6 +374,29 @@ def test_an_unexpected_error_on_one_file_fails_it_alone_and_the_others_merge(lak
     assert plain(lake) == [(1, 10), (3, 30), (666, 0)]
 
 
+def test_an_unexpected_error_ordering_one_file_fails_it_and_its_batch_goes_on(lake, monkeypatch):
+    from lake_assets.core.cdc import batch
+
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1")])
+    land(lake, ORDERS, cdc(2), [O("I", 2, 20, "666")])
+    land(lake, ORDERS, cdc(3), [O("I", 3, 30, "3")])
+    real = batch.encode_sequence
+
+    def exploding(values, kind, column):
+        if "666" in values.to_pylist():
+            raise RuntimeError("boom on 666")
+        return real(values, kind, column)
+
+    monkeypatch.setattr(batch, "encode_sequence", exploding)
+    _, runs = ingest(lake)
+    assert orders(lake) == [(1, 10), (3, 30)]
+    assert len(runs[ORDERS].results) == 1  # one batch: the others were not merged again one by one
+    (bad,) = lake.env.ledger.entries(ORDERS, FAILED)
+    assert bad.key.endswith(cdc(2) + ".parquet")
+    assert bad.key in bad.reason and ORDERS in bad.reason and "RuntimeError: boom on 666" in bad.reason
+    assert len({e.batch_id for e in lake.env.ledger.entries(ORDERS)}) == 1
+
+
 def test_a_file_that_kills_its_engine_is_resumed_once_then_fails_alone(lake, monkeypatch):
     """An engine that dies (OOM, lost node) leaves its batch claimed: the next run resumes it with
     the same id; interrupted again, it is taken apart so the poison file cannot wedge the table."""
