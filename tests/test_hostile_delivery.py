@@ -494,6 +494,44 @@ def test_a_table_held_by_another_merge_is_reported_busy_not_resumed(lake):
     assert plain(lake) == [(1, 10)]
 
 
+def test_a_merge_that_lost_its_lock_does_not_commit_and_the_new_holder_resumes_it(lake, monkeypatch):
+    """A process paused past its lease (GC, a stopped VM) finds its lock taken over: it must not
+    commit; the batch stays claimed under its id for the lock's new holder."""
+    import sqlite3
+
+    from lake_assets.core.arrivals import record_arrivals
+    from lake_assets.core.cdc.runner import LockLost
+    from lake_assets.core.ledger import SqlFileLedger
+
+    land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
+    ingest(lake)
+    land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 1, "amount": 11}])
+    real_lock = SqlFileLedger.lock_table
+    monkeypatch.setattr(SqlFileLedger, "lock_table", lambda self, table_id, *, wait_seconds, lease_seconds=60.0:
+                        real_lock(self, table_id, wait_seconds=wait_seconds, lease_seconds=0.3))
+    db = lake.home / "ledger.db"
+
+    def taken_over(name):
+        if name == "after_claim":
+            with sqlite3.connect(db) as c:  # our lease lapsed and another process took the table
+                c.execute("UPDATE table_locks SET owner = 'intruder', expires_at = ?", (time.time() + 600,))
+            time.sleep(1.0)  # our heartbeat (every 0.1 s) finds the row taken
+
+    snapshot = lake.env.catalog.load_table(PLAIN).current_snapshot().snapshot_id
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+    with pytest.raises(LockLost):
+        merge_pending(lake.registry.get("shop", "plain"), catalog=lake.env.catalog, ledger=lake.env.ledger,
+                      landing=lake.env.landing, engine=InProcessEngine(), failpoint=taken_over)
+    assert lake.env.catalog.load_table(PLAIN).current_snapshot().snapshot_id == snapshot
+    (claimed,) = lake.env.ledger.entries(PLAIN, PROCESSING)
+    with sqlite3.connect(db) as c:  # the intruder dies
+        c.execute("DELETE FROM table_locks")
+    _, runs = ingest(lake)
+    assert [r.batch_id for r in runs[PLAIN].results] == [claimed.batch_id]
+    assert plain(lake) == [(1, 11)]
+    assert entries(lake, PLAIN)[cdc(1) + ".parquet"] == [COMMITTED]
+
+
 # --- 7. registry changes ------------------------------------------------------------------------
 
 
