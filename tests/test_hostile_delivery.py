@@ -552,6 +552,25 @@ def test_a_changed_primary_key_is_refused_with_both_definitions_until_a_rebuild(
     assert run.notes and sorted((r["id"], r["amount"]) for r in changed.rows(PLAIN)) == [(1, 10), (2, 20)]
 
 
+PLAIN_ENTRY = "  - name: plain           # no sequence_by: file order, version, row\n    schema: app\n"
+
+
+@pytest.mark.parametrize("added, was, now", [
+    ("    partition_by: [{column: id, transform: 'bucket[4]'}]\n", "partition_by [none]", "partition_by [id:bucket[4]]"),
+    ("    sequence_by: amount\n", "sequence_by (none)", "sequence_by amount"),
+], ids=["partition_by", "sequence_by"])
+def test_a_changed_partitioning_or_ordering_is_refused_naming_both(lake, added, was, now):
+    land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
+    ingest(lake)
+    changed = make_lake(lake.home, {"shop": SOURCE.replace(PLAIN_ENTRY, PLAIN_ENTRY + added)})
+    land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 1, "amount": 11}])
+    with pytest.raises(TableDefinitionError) as refused:
+        changed.ingest()
+    assert was in str(refused.value) and now in str(refused.value) and "--rebuild shop.plain" in str(refused.value)
+    assert plain(lake) == [(1, 10)]
+    assert [e.status for e in changed.env.ledger.entries(PLAIN) if e.key.endswith(cdc(1) + ".parquet")] == [LANDED]
+
+
 def test_a_switch_to_history_mode_is_refused(lake):
     land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
     ingest(lake)
