@@ -571,6 +571,34 @@ def test_a_changed_partitioning_or_ordering_is_refused_naming_both(lake, added, 
     assert [e.status for e in changed.env.ledger.entries(PLAIN) if e.key.endswith(cdc(1) + ".parquet")] == [LANDED]
 
 
+def test_a_rebuild_derives_table_and_sidecars_from_the_landed_files_once(lake):
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1"), O("I", None, 0, "2"), O("I", 2, 20, "3")])
+    land(lake, ORDERS, cdc(2), [O("D", 2, 20, "4")])
+    ingest(lake)
+    before = [(r["file"], r["row"], r["reason"]) for r in quarantine(lake, ORDERS)]
+    assert len(before) == 1
+    _, runs = ingest(lake, rebuild=True)
+    assert runs[ORDERS].notes and orders(lake) == [(1, 10)]
+    assert [(r["file"], r["row"], r["reason"]) for r in quarantine(lake, ORDERS)] == before
+    land(lake, ORDERS, cdc(3), [O("I", 2, 21, "2")])  # older than the delete: still rejected
+    ingest(lake)
+    assert orders(lake) == [(1, 10)]
+
+
+def test_a_rebuild_missing_a_merged_file_is_refused_and_drops_nothing(lake):
+    from lake_assets.core.cdc.runner import RebuildRefused
+
+    land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
+    gone = land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 1, "amount": 11}])
+    ingest(lake)
+    gone.unlink()  # a landing-zone lifecycle rule expired it
+    with pytest.raises(RebuildRefused) as refused:
+        ingest(lake, rebuild=True)
+    assert gone.name in str(refused.value) and PLAIN in str(refused.value)
+    assert plain(lake) == [(1, 11)]
+    assert entries(lake, PLAIN) == {load_file_name(1) + ".parquet": [COMMITTED], gone.name: [COMMITTED]}
+
+
 def test_a_switch_to_history_mode_is_refused(lake):
     land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
     ingest(lake)
