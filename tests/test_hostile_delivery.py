@@ -610,6 +610,35 @@ def test_a_switch_to_history_mode_is_refused(lake):
     assert plain(lake) == [(1, 10)]
 
 
+# --- 9. a bad registry file ---------------------------------------------------------------------
+
+CRM = """
+source: crm
+tables:
+  - name: contacts
+    schema: dbo
+    primary_key: [id]
+    columns: [{name: id, type: long}, {name: amount, type: long}]
+"""
+
+
+def test_a_bad_registry_file_fails_its_own_source_and_its_files_wait_for_the_fix(tmp_path):
+    broken = CRM.replace("type: long}]", "type: lng}]")
+    lake = make_lake(tmp_path, {"shop": SOURCE, "crm": broken})
+    contacts = write_dms_file(lake.landing / "crm/dbo/contacts" / cdc(1), [{"Op": "I", "id": 1, "amount": 5}], PLAIN_COLUMNS,
+                              cdc=True)
+    land(lake, PLAIN, cdc(1), [{"Op": "I", "id": 1, "amount": 10}])
+    report, _ = ingest(lake)
+    assert plain(lake) == [(1, 10)]  # the other source merges
+    [(key, reason)] = report.unroutable
+    assert key.endswith(contacts.name) and "crm.yaml" in reason and "registry file of source 'crm' is invalid" in reason
+    assert "lng" in reason
+    fixed = make_lake(tmp_path, {"shop": SOURCE, "crm": CRM})
+    report, _ = fixed.ingest()
+    assert report.rerouted == 1
+    assert sorted((r["id"], r["amount"]) for r in fixed.rows("crm.contacts")) == [(1, 5)]
+
+
 # --- 10. errors with names ----------------------------------------------------------------------
 
 
