@@ -496,6 +496,37 @@ def test_a_batch_abandoned_after_its_tombstone_writes_leaves_no_tombstone(lake, 
     assert [r.tombstone_rejected for r in runs[PLAIN].results] == [0]
 
 
+class ProcessDied(BaseException):
+    """The merging process ends right here (a SIGKILL, in-process): nothing below it runs."""
+
+
+def test_a_batch_resumed_after_dying_before_its_commit_writes_its_sidecars_once(lake):
+    from lake_assets.core.arrivals import record_arrivals
+    from lake_assets.core.naming import tombstone_identifier
+
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1"), O("I", 2, 20, "1")])
+    ingest(lake)
+    land(lake, ORDERS, cdc(2), [O("D", 1, 10, "2"), O("I", None, 0, "2"), O("U", 2, 21, "2")])
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+
+    def die(name):
+        if name == "before_commit":  # the sidecars are written; the table's commit is not
+            raise ProcessDied
+
+    with pytest.raises(ProcessDied):
+        merge_pending(lake.registry.get("shop", "orders"), catalog=lake.env.catalog, ledger=lake.env.ledger,
+                      landing=lake.env.landing, engine=InProcessEngine(), failpoint=die)
+    (claimed, *_) = lake.env.ledger.entries(ORDERS, PROCESSING)
+    _, runs = ingest(lake)
+    assert [r.batch_id for r in runs[ORDERS].results] == [claimed.batch_id]
+    assert orders(lake) == [(2, 21)]
+    assert [(r["row"], r["batch_id"]) for r in quarantine(lake, ORDERS)] == [(2, claimed.batch_id)]
+    tombstones = lake.env.catalog.load_table(tombstone_identifier("shop", "orders"))
+    assert [r["id"] for r in tombstones.scan().to_arrow().to_pylist()] == [1]
+    # One write per batch id: rolling an abandoned batch back undoes exactly one snapshot.
+    assert [s.summary.additional_properties.get("lake.batch-id") for s in tombstones.snapshots()] == [claimed.batch_id]
+
+
 # --- 6. concurrency -----------------------------------------------------------------------------
 
 
