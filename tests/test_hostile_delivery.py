@@ -292,6 +292,50 @@ def test_a_file_ordering_by_another_kind_fails_alone_naming_both(tmp_path, same_
     assert "timestamp" in failed.reason and "orders its changes by numbers" in failed.reason
 
 
+def test_a_late_change_is_rejected_by_a_tombstone_only_while_the_key_stays_deleted(lake):
+    from lake_assets.core.naming import tombstone_identifier
+
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1"), O("I", 2, 20, "1")])
+    ingest(lake)
+    land(lake, ORDERS, cdc(2), [O("D", 1, 10, "10"), O("D", 2, 20, "10")])
+    ingest(lake)
+    land(lake, ORDERS, cdc(3), [O("I", 2, 22, "20")])  # key 2 comes back: its row now guards it
+    ingest(lake)
+    tombstones = lake.rows(tombstone_identifier("shop", "orders"))
+    assert [r["id"] for r in tombstones] == [1]
+    land(lake, ORDERS, cdc(4), [O("U", 1, 11, "5"), O("U", 2, 21, "5")])  # both older than the delete
+    _, runs = ingest(lake)
+    assert orders(lake) == [(2, 22)]
+    (r,) = runs[ORDERS].results
+    assert (r.tombstone_rejected, r.stale_skipped, r.updated) == (1, 1, 0)
+
+
+def test_a_tombstone_is_kept_for_the_retention_period_only(lake):
+    """tombstone_retention_days (7 by default) bounds the tombstone table: a delete older than that
+    no longer guards its key, so a change landing even later than that applies."""
+    from lake_assets.core.cdc.batch import LandedInput
+    from lake_assets.core.cdc.dms import parse_landing_key
+
+    table = lake.registry.get("shop", "orders")
+    assert table.tombstone_retention_days == 7
+    engine, t0 = InProcessEngine(), dt.datetime(2026, 11, 21, 12, tzinfo=dt.UTC)
+
+    def merge(name, changes, batch_id, days):
+        path = land(lake, ORDERS, name, changes)
+        key = path.relative_to(lake.landing).as_posix()
+        return engine.merge(lake.env.catalog, table, [LandedInput(parse_landing_key(key), path.read_bytes())], batch_id,
+                            now=t0 + dt.timedelta(days=days))
+
+    merge(cdc(1), [O("I", 1, 10, "1"), O("I", 2, 20, "1")], "b0", 0)
+    merge(cdc(2), [O("D", 1, 10, "10"), O("D", 2, 20, "10")], "b1", 0)
+    merge(cdc(3), [O("I", 3, 30, "30")], "b2", 6)  # each batch drops the tombstones past the retention period
+    assert merge(cdc(4), [O("I", 1, 11, "5")], "b3", 6).tombstone_rejected == 1  # not yet
+    merge(cdc(5), [O("I", 4, 40, "40")], "b4", 8)
+    late = merge(cdc(6), [O("I", 2, 21, "5")], "b5", 8)
+    assert (late.tombstone_rejected, late.inserted) == (0, 1)
+    assert orders(lake) == [(2, 21), (3, 30), (4, 40)]
+
+
 def test_a_35_digit_sequence_declared_long_is_a_bad_row_naming_the_column(tmp_path):
     source = SOURCE.replace("{name: seq, type: string}", "{name: seq, type: long}")
     lake = make_lake(tmp_path, {"shop": source})
