@@ -171,6 +171,25 @@ def test_a_new_version_of_a_load_file_in_the_current_load_reloads_the_table(lake
     assert plain(lake) == [(2, 22), (6, 60)]
 
 
+def test_the_current_load_remembers_every_member_across_batches(lake):
+    """Members joined in separate batches, with CDC batches between, all stay in the current load:
+    a new version of any of them reloads."""
+    land(lake, PLAIN, load_file_name(2), L((2, 20)), load=True)
+    third = land(lake, PLAIN, load_file_name(3), L((3, 30)), load=True)
+    ingest(lake)
+    land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 2, "amount": 22}])
+    ingest(lake)
+    land(lake, PLAIN, load_file_name(7), L((7, 70)), load=True)
+    _, runs = ingest(lake)
+    assert [r.reload for r in runs[PLAIN].results] == [False]
+    assert plain(lake) == [(2, 22), (3, 30), (7, 70)]
+    land(lake, PLAIN, load_file_name(3), L((3, 33), (4, 40)), load=True)  # DMS reloads the table
+    later(third)
+    _, runs = ingest(lake)
+    assert [r.reload for r in runs[PLAIN].results] == [True]
+    assert plain(lake) == [(3, 33), (4, 40)]
+
+
 def test_an_operator_reload_replaces_the_table_with_the_next_load_files(lake):
     land(lake, PLAIN, load_file_name(1), L((1, 10), (2, 20)), load=True)
     ingest(lake)
