@@ -171,6 +171,25 @@ def test_a_new_version_of_a_load_file_in_the_current_load_reloads_the_table(lake
     assert plain(lake) == [(2, 22), (6, 60)]
 
 
+def test_the_current_load_remembers_every_member_across_batches(lake):
+    """Members joined in separate batches, with CDC batches between, all stay in the current load:
+    a new version of any of them reloads."""
+    land(lake, PLAIN, load_file_name(2), L((2, 20)), load=True)
+    third = land(lake, PLAIN, load_file_name(3), L((3, 30)), load=True)
+    ingest(lake)
+    land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 2, "amount": 22}])
+    ingest(lake)
+    land(lake, PLAIN, load_file_name(7), L((7, 70)), load=True)
+    _, runs = ingest(lake)
+    assert [r.reload for r in runs[PLAIN].results] == [False]
+    assert plain(lake) == [(2, 22), (3, 30), (7, 70)]
+    land(lake, PLAIN, load_file_name(3), L((3, 33), (4, 40)), load=True)  # DMS reloads the table
+    later(third)
+    _, runs = ingest(lake)
+    assert [r.reload for r in runs[PLAIN].results] == [True]
+    assert plain(lake) == [(3, 33), (4, 40)]
+
+
 def test_an_operator_reload_replaces_the_table_with_the_next_load_files(lake):
     land(lake, PLAIN, load_file_name(1), L((1, 10), (2, 20)), load=True)
     ingest(lake)
@@ -183,6 +202,21 @@ def test_an_operator_reload_replaces_the_table_with_the_next_load_files(lake):
     land(lake, PLAIN, load_file_name(8), L((4, 40)), load=True)
     ingest(lake)
     assert plain(lake) == [(3, 30), (4, 40)]  # the request was used once
+
+
+@pytest.mark.xfail(strict=True, reason="product bug: a reload without deletes keeps the old load's tombstones "
+                   "(sidecars.update_tombstones returns early when old is None, which the pipeline passes on a reload)")
+def test_a_reload_leaves_no_tombstone_of_the_old_load(lake):
+    land(lake, PLAIN, cdc(1), [{"Op": "D", "id": 5, "amount": 0}])  # a delete of a key the table lacks: a tombstone
+    ingest(lake)
+    ingest(lake, reload=True)
+    land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
+    _, runs = ingest(lake)
+    assert [r.reload for r in runs[PLAIN].results] == [True]
+    land(lake, PLAIN, load_file_name(2), L((5, 50)), load=True)  # the rest of the new load
+    _, runs = ingest(lake)
+    assert plain(lake) == [(1, 10), (5, 50)]  # nothing of the old load survives, its tombstones included
+    assert [r.tombstone_rejected for r in runs[PLAIN].results] == [0]
 
 
 # --- 2. sequences -------------------------------------------------------------------------------
@@ -246,6 +280,79 @@ def test_instants_with_time_zones_compare_as_instants(lake):
     land(lake, EVENTS, cdc(2), [{"Op": "U", "id": 1, "label": "old", "at": "2026-11-21 10:30:00+02:00"}])
     ingest(lake)
     assert rows(lake, EVENTS, "id", "label") == [(1, "new")]
+
+
+LOOSE = """
+source: shop
+defaults: {format: parquet}
+tables:
+  - name: loose           # no declared columns: the sequence's kind comes from the files
+    schema: app
+    primary_key: [id]
+    sequence_by: seq
+"""
+
+
+@pytest.mark.parametrize("same_batch", [False, True], ids=["table-kind", "first-file-kind"])
+def test_a_file_ordering_by_another_kind_fails_alone_naming_both(tmp_path, same_batch):
+    lake = make_lake(tmp_path, {"shop": LOOSE})
+    folder = lake.landing / "shop/app/loose"
+    numbers = [("seq", "long"), ("id", "long"), ("amount", "long")]
+    write_dms_file(folder / cdc(1), [O("I", 1, 10, 5)], numbers, cdc=True)
+    if not same_batch:
+        ingest(lake)  # the table now orders by numbers
+    write_dms_file(folder / cdc(2), [O("U", 1, 11, 6)], numbers, cdc=True)
+    bad = write_dms_file(folder / cdc(3), [O("U", 1, 99, T0)], [("seq", "timestamp"), ("id", "long"), ("amount", "long")],
+                         cdc=True)
+    ingest(lake)
+    assert rows(lake, "shop.loose", "id", "amount") == [(1, 11)]
+    (failed,) = lake.env.ledger.entries("shop.loose", FAILED)
+    assert failed.key.endswith(bad.name) and "shop.loose" in failed.reason
+    assert "timestamp" in failed.reason and "orders its changes by numbers" in failed.reason
+
+
+def test_a_late_change_is_rejected_by_a_tombstone_only_while_the_key_stays_deleted(lake):
+    from lake_assets.core.naming import tombstone_identifier
+
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1"), O("I", 2, 20, "1")])
+    ingest(lake)
+    land(lake, ORDERS, cdc(2), [O("D", 1, 10, "10"), O("D", 2, 20, "10")])
+    ingest(lake)
+    land(lake, ORDERS, cdc(3), [O("I", 2, 22, "20")])  # key 2 comes back: its row now guards it
+    ingest(lake)
+    tombstones = lake.rows(tombstone_identifier("shop", "orders"))
+    assert [r["id"] for r in tombstones] == [1]
+    land(lake, ORDERS, cdc(4), [O("U", 1, 11, "5"), O("U", 2, 21, "5")])  # both older than the delete
+    _, runs = ingest(lake)
+    assert orders(lake) == [(2, 22)]
+    (r,) = runs[ORDERS].results
+    assert (r.tombstone_rejected, r.stale_skipped, r.updated) == (1, 1, 0)
+
+
+def test_a_tombstone_is_kept_for_the_retention_period_only(lake):
+    """tombstone_retention_days (7 by default) bounds the tombstone table: a delete older than that
+    no longer guards its key, so a change landing even later than that applies."""
+    from lake_assets.core.cdc.batch import LandedInput
+    from lake_assets.core.cdc.dms import parse_landing_key
+
+    table = lake.registry.get("shop", "orders")
+    assert table.tombstone_retention_days == 7
+    engine, t0 = InProcessEngine(), dt.datetime(2026, 11, 21, 12, tzinfo=dt.UTC)
+
+    def merge(name, changes, batch_id, days):
+        path = land(lake, ORDERS, name, changes)
+        key = path.relative_to(lake.landing).as_posix()
+        return engine.merge(lake.env.catalog, table, [LandedInput(parse_landing_key(key), path.read_bytes())], batch_id,
+                            now=t0 + dt.timedelta(days=days))
+
+    merge(cdc(1), [O("I", 1, 10, "1"), O("I", 2, 20, "1")], "b0", 0)
+    merge(cdc(2), [O("D", 1, 10, "10"), O("D", 2, 20, "10")], "b1", 0)
+    merge(cdc(3), [O("I", 3, 30, "30")], "b2", 6)  # each batch drops the tombstones past the retention period
+    assert merge(cdc(4), [O("I", 1, 11, "5")], "b3", 6).tombstone_rejected == 1  # not yet
+    merge(cdc(5), [O("I", 4, 40, "40")], "b4", 8)
+    late = merge(cdc(6), [O("I", 2, 21, "5")], "b5", 8)
+    assert (late.tombstone_rejected, late.inserted) == (0, 1)
+    assert orders(lake) == [(2, 21), (3, 30), (4, 40)]
 
 
 def test_a_35_digit_sequence_declared_long_is_a_bad_row_naming_the_column(tmp_path):
@@ -345,6 +452,63 @@ def test_an_unexpected_error_on_one_file_fails_it_alone_and_the_others_merge(lak
     assert plain(lake) == [(1, 10), (3, 30), (666, 0)]
 
 
+def test_an_unexpected_error_ordering_one_file_fails_it_and_its_batch_goes_on(lake, monkeypatch):
+    from lake_assets.core.cdc import batch
+
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1")])
+    land(lake, ORDERS, cdc(2), [O("I", 2, 20, "666")])
+    land(lake, ORDERS, cdc(3), [O("I", 3, 30, "3")])
+    real = batch.encode_sequence
+
+    def exploding(values, kind, column):
+        if "666" in values.to_pylist():
+            raise RuntimeError("boom on 666")
+        return real(values, kind, column)
+
+    monkeypatch.setattr(batch, "encode_sequence", exploding)
+    _, runs = ingest(lake)
+    assert orders(lake) == [(1, 10), (3, 30)]
+    assert len(runs[ORDERS].results) == 1  # one batch: the others were not merged again one by one
+    (bad,) = lake.env.ledger.entries(ORDERS, FAILED)
+    assert bad.key.endswith(cdc(2) + ".parquet")
+    assert bad.key in bad.reason and ORDERS in bad.reason and "RuntimeError: boom on 666" in bad.reason
+    assert len({e.batch_id for e in lake.env.ledger.entries(ORDERS)}) == 1
+
+
+def test_a_file_that_kills_its_engine_is_resumed_once_then_fails_alone(lake, monkeypatch):
+    """An engine that dies (OOM, lost node) leaves its batch claimed: the next run resumes it with
+    the same id; interrupted again, it is taken apart so the poison file cannot wedge the table."""
+    from lake_assets.core.cdc.pipeline import EngineInterrupted
+
+    land(lake, PLAIN, cdc(1), [{"Op": "I", "id": 1, "amount": 10}])
+    poison = land(lake, PLAIN, cdc(2), [{"Op": "I", "id": 666, "amount": 0}])
+    real = InProcessEngine.merge
+
+    def dying(self, catalog, table, files, batch_id, **kw):
+        if any(f.key.endswith(poison.name) for f in files):
+            raise EngineInterrupted("the engine's process was killed")
+        return real(self, catalog, table, files, batch_id, **kw)
+
+    monkeypatch.setattr(InProcessEngine, "merge", dying)
+    with pytest.raises(EngineInterrupted):
+        ingest(lake)
+    claimed = lake.env.ledger.entries(PLAIN, PROCESSING)
+    assert len(claimed) == 2 and len({e.batch_id for e in claimed}) == 1  # left to be resumed as it is
+    for _ in range(3):
+        try:
+            ingest(lake)
+        except EngineInterrupted:
+            continue
+        break
+    assert plain(lake) == [(1, 10)]
+    assert entries(lake, PLAIN) == {cdc(1) + ".parquet": [COMMITTED], poison.name: [FAILED]}
+    (bad,) = lake.env.ledger.entries(PLAIN, FAILED)
+    assert "killed" in bad.reason and PLAIN in bad.reason
+    land(lake, PLAIN, cdc(3), [{"Op": "I", "id": 3, "amount": 30}])
+    ingest(lake)
+    assert plain(lake) == [(1, 10), (3, 30)]
+
+
 def test_a_batch_abandoned_after_its_sidecar_writes_leaves_no_sidecar_rows(lake, monkeypatch):
     from lake_assets.core.cdc import inprocess
 
@@ -365,6 +529,67 @@ def test_a_batch_abandoned_after_its_sidecar_writes_leaves_no_sidecar_rows(lake,
     assert [(r["row"], r["reason"]) for r in quarantine(lake, ORDERS)] == [(2, "null primary key column id")]
 
 
+def test_a_batch_abandoned_after_its_tombstone_writes_leaves_no_tombstone(lake, monkeypatch):
+    """A delete whose file then fails must not leave its tombstone behind: it would reject later
+    changes of a row the table still holds."""
+    from lake_assets.core.cdc import inprocess
+    from lake_assets.core.naming import tombstone_identifier
+
+    land(lake, PLAIN, load_file_name(1), L((1, 10), (5, 50)), load=True)
+    ingest(lake)
+    land(lake, PLAIN, cdc(5), [{"Op": "D", "id": 5, "amount": 50}, {"Op": "I", "id": 666, "amount": 0}])
+    land(lake, PLAIN, cdc(6), [{"Op": "U", "id": 1, "amount": 11}])
+    real = inprocess.InProcessWriter.commit
+
+    def failing_with_666(self, catalog, tbl, plan):
+        if 666 in plan.rows.column("id").to_pylist():
+            raise RuntimeError("disk full")
+        return real(self, catalog, tbl, plan)
+
+    monkeypatch.setattr(inprocess.InProcessWriter, "commit", failing_with_666)
+    ingest(lake)
+    assert plain(lake) == [(1, 11), (5, 50)]  # the delete's file failed; the other file merged
+    assert entries(lake, PLAIN)[cdc(5) + ".parquet"] == [FAILED]
+    tombstones = tombstone_identifier("shop", "plain")
+    assert not lake.env.catalog.table_exists(tombstones) or lake.rows(tombstones) == []
+    # A change whose name puts it before the failed file is still newer than the row the table holds.
+    land(lake, PLAIN, cdc(4), [{"Op": "U", "id": 5, "amount": 55}])
+    _, runs = ingest(lake)
+    assert plain(lake) == [(1, 11), (5, 55)]
+    assert [r.tombstone_rejected for r in runs[PLAIN].results] == [0]
+
+
+class ProcessDied(BaseException):
+    """The merging process ends right here (a SIGKILL, in-process): nothing below it runs."""
+
+
+def test_a_batch_resumed_after_dying_before_its_commit_writes_its_sidecars_once(lake):
+    from lake_assets.core.arrivals import record_arrivals
+    from lake_assets.core.naming import tombstone_identifier
+
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1"), O("I", 2, 20, "1")])
+    ingest(lake)
+    land(lake, ORDERS, cdc(2), [O("D", 1, 10, "2"), O("I", None, 0, "2"), O("U", 2, 21, "2")])
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+
+    def die(name):
+        if name == "before_commit":  # the sidecars are written; the table's commit is not
+            raise ProcessDied
+
+    with pytest.raises(ProcessDied):
+        merge_pending(lake.registry.get("shop", "orders"), catalog=lake.env.catalog, ledger=lake.env.ledger,
+                      landing=lake.env.landing, engine=InProcessEngine(), failpoint=die)
+    (claimed, *_) = lake.env.ledger.entries(ORDERS, PROCESSING)
+    _, runs = ingest(lake)
+    assert [r.batch_id for r in runs[ORDERS].results] == [claimed.batch_id]
+    assert orders(lake) == [(2, 21)]
+    assert [(r["row"], r["batch_id"]) for r in quarantine(lake, ORDERS)] == [(2, claimed.batch_id)]
+    tombstones = lake.env.catalog.load_table(tombstone_identifier("shop", "orders"))
+    assert [r["id"] for r in tombstones.scan().to_arrow().to_pylist()] == [1]
+    # One write per batch id: rolling an abandoned batch back undoes exactly one snapshot.
+    assert [s.summary.additional_properties.get("lake.batch-id") for s in tombstones.snapshots()] == [claimed.batch_id]
+
+
 # --- 6. concurrency -----------------------------------------------------------------------------
 
 
@@ -376,6 +601,44 @@ def test_a_table_held_by_another_merge_is_reported_busy_not_resumed(lake):
         assert [e.status for e in lake.env.ledger.entries(PLAIN)] == [LANDED]
     ingest(lake)
     assert plain(lake) == [(1, 10)]
+
+
+def test_a_merge_that_lost_its_lock_does_not_commit_and_the_new_holder_resumes_it(lake, monkeypatch):
+    """A process paused past its lease (GC, a stopped VM) finds its lock taken over: it must not
+    commit; the batch stays claimed under its id for the lock's new holder."""
+    import sqlite3
+
+    from lake_assets.core.arrivals import record_arrivals
+    from lake_assets.core.cdc.runner import LockLost
+    from lake_assets.core.ledger import SqlFileLedger
+
+    land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
+    ingest(lake)
+    land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 1, "amount": 11}])
+    real_lock = SqlFileLedger.lock_table
+    monkeypatch.setattr(SqlFileLedger, "lock_table", lambda self, table_id, *, wait_seconds, lease_seconds=60.0:
+                        real_lock(self, table_id, wait_seconds=wait_seconds, lease_seconds=0.3))
+    db = lake.home / "ledger.db"
+
+    def taken_over(name):
+        if name == "after_claim":
+            with sqlite3.connect(db) as c:  # our lease lapsed and another process took the table
+                c.execute("UPDATE table_locks SET owner = 'intruder', expires_at = ?", (time.time() + 600,))
+            time.sleep(1.0)  # our heartbeat (every 0.1 s) finds the row taken
+
+    snapshot = lake.env.catalog.load_table(PLAIN).current_snapshot().snapshot_id
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+    with pytest.raises(LockLost):
+        merge_pending(lake.registry.get("shop", "plain"), catalog=lake.env.catalog, ledger=lake.env.ledger,
+                      landing=lake.env.landing, engine=InProcessEngine(), failpoint=taken_over)
+    assert lake.env.catalog.load_table(PLAIN).current_snapshot().snapshot_id == snapshot
+    (claimed,) = lake.env.ledger.entries(PLAIN, PROCESSING)
+    with sqlite3.connect(db) as c:  # the intruder dies
+        c.execute("DELETE FROM table_locks")
+    _, runs = ingest(lake)
+    assert [r.batch_id for r in runs[PLAIN].results] == [claimed.batch_id]
+    assert plain(lake) == [(1, 11)]
+    assert entries(lake, PLAIN)[cdc(1) + ".parquet"] == [COMMITTED]
 
 
 # --- 7. registry changes ------------------------------------------------------------------------
@@ -398,6 +661,53 @@ def test_a_changed_primary_key_is_refused_with_both_definitions_until_a_rebuild(
     assert run.notes and sorted((r["id"], r["amount"]) for r in changed.rows(PLAIN)) == [(1, 10), (2, 20)]
 
 
+PLAIN_ENTRY = "  - name: plain           # no sequence_by: file order, version, row\n    schema: app\n"
+
+
+@pytest.mark.parametrize("added, was, now", [
+    ("    partition_by: [{column: id, transform: 'bucket[4]'}]\n", "partition_by [none]", "partition_by [id:bucket[4]]"),
+    ("    sequence_by: amount\n", "sequence_by (none)", "sequence_by amount"),
+], ids=["partition_by", "sequence_by"])
+def test_a_changed_partitioning_or_ordering_is_refused_naming_both(lake, added, was, now):
+    land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
+    ingest(lake)
+    changed = make_lake(lake.home, {"shop": SOURCE.replace(PLAIN_ENTRY, PLAIN_ENTRY + added)})
+    land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 1, "amount": 11}])
+    with pytest.raises(TableDefinitionError) as refused:
+        changed.ingest()
+    assert was in str(refused.value) and now in str(refused.value) and "--rebuild shop.plain" in str(refused.value)
+    assert plain(lake) == [(1, 10)]
+    assert [e.status for e in changed.env.ledger.entries(PLAIN) if e.key.endswith(cdc(1) + ".parquet")] == [LANDED]
+
+
+def test_a_rebuild_derives_table_and_sidecars_from_the_landed_files_once(lake):
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1"), O("I", None, 0, "2"), O("I", 2, 20, "3")])
+    land(lake, ORDERS, cdc(2), [O("D", 2, 20, "4")])
+    ingest(lake)
+    before = [(r["file"], r["row"], r["reason"]) for r in quarantine(lake, ORDERS)]
+    assert len(before) == 1
+    _, runs = ingest(lake, rebuild=True)
+    assert runs[ORDERS].notes and orders(lake) == [(1, 10)]
+    assert [(r["file"], r["row"], r["reason"]) for r in quarantine(lake, ORDERS)] == before
+    land(lake, ORDERS, cdc(3), [O("I", 2, 21, "2")])  # older than the delete: still rejected
+    ingest(lake)
+    assert orders(lake) == [(1, 10)]
+
+
+def test_a_rebuild_missing_a_merged_file_is_refused_and_drops_nothing(lake):
+    from lake_assets.core.cdc.runner import RebuildRefused
+
+    land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
+    gone = land(lake, PLAIN, cdc(1), [{"Op": "U", "id": 1, "amount": 11}])
+    ingest(lake)
+    gone.unlink()  # a landing-zone lifecycle rule expired it
+    with pytest.raises(RebuildRefused) as refused:
+        ingest(lake, rebuild=True)
+    assert gone.name in str(refused.value) and PLAIN in str(refused.value)
+    assert plain(lake) == [(1, 11)]
+    assert entries(lake, PLAIN) == {load_file_name(1) + ".parquet": [COMMITTED], gone.name: [COMMITTED]}
+
+
 def test_a_switch_to_history_mode_is_refused(lake):
     land(lake, PLAIN, load_file_name(1), L((1, 10)), load=True)
     ingest(lake)
@@ -407,6 +717,35 @@ def test_a_switch_to_history_mode_is_refused(lake):
     with pytest.raises(TableDefinitionError, match="mode history"):
         changed.ingest()
     assert plain(lake) == [(1, 10)]
+
+
+# --- 9. a bad registry file ---------------------------------------------------------------------
+
+CRM = """
+source: crm
+tables:
+  - name: contacts
+    schema: dbo
+    primary_key: [id]
+    columns: [{name: id, type: long}, {name: amount, type: long}]
+"""
+
+
+def test_a_bad_registry_file_fails_its_own_source_and_its_files_wait_for_the_fix(tmp_path):
+    broken = CRM.replace("type: long}]", "type: lng}]")
+    lake = make_lake(tmp_path, {"shop": SOURCE, "crm": broken})
+    contacts = write_dms_file(lake.landing / "crm/dbo/contacts" / cdc(1), [{"Op": "I", "id": 1, "amount": 5}], PLAIN_COLUMNS,
+                              cdc=True)
+    land(lake, PLAIN, cdc(1), [{"Op": "I", "id": 1, "amount": 10}])
+    report, _ = ingest(lake)
+    assert plain(lake) == [(1, 10)]  # the other source merges
+    [(key, reason)] = report.unroutable
+    assert key.endswith(contacts.name) and "crm.yaml" in reason and "registry file of source 'crm' is invalid" in reason
+    assert "lng" in reason
+    fixed = make_lake(tmp_path, {"shop": SOURCE, "crm": CRM})
+    report, _ = fixed.ingest()
+    assert report.rerouted == 1
+    assert sorted((r["id"], r["amount"]) for r in fixed.rows("crm.contacts")) == [(1, 5)]
 
 
 # --- 10. errors with names ----------------------------------------------------------------------

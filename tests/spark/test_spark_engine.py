@@ -216,6 +216,37 @@ def test_a_committed_batch_run_again_changes_nothing(spark_lake, tmp_path):
     assert len(table_rows(spark_lake.catalog, table.identifier, ["id"])) == 5
 
 
+@pytest.mark.parametrize("engine_name", ["inprocess", "spark"])
+def test_changes_merged_again_under_a_new_batch_id_are_not_newer(spark_lake, tmp_path, engine_name):
+    """A change at the very position the table holds (or a delete at its tombstone's) is not newer:
+    merged again, under another batch id (a lost ledger re-recording its files), it changes nothing."""
+    from tests.oracle import OracleFile, TableOracle
+
+    source = unique_source("equal")
+    cols = [("id", "long"), ("v", "long"), ("seq", "string")]
+    table = make_table(source, columns=cols, sequence_by="seq")
+    landing = tmp_path / "landing"
+    folder = table_dir(landing, source, table.schema, table.source_table)
+    t0 = dt.datetime(2026, 11, 21, 10)
+    rows = [[{"Op": "I", "id": 1, "v": 1, "seq": "1"}, {"Op": "I", "id": 2, "v": 2, "seq": "1"}, {"Op": "I", "id": 3, "v": 3, "seq": "1"}],
+            [{"Op": "U", "id": 1, "v": 11, "seq": "2"}, {"Op": "D", "id": 2, "v": 2, "seq": "2"}, {"Op": "D", "id": 5, "v": 0, "seq": "2"}]]
+    paths = [write_dms_file(folder / cdc_file_name(t0 + dt.timedelta(minutes=m)), r, cols, cdc=True) for m, r in enumerate(rows)]
+    engine, catalog = ((InProcessEngine(), sql_catalog(tmp_path / "inprocess")) if engine_name == "inprocess"
+                       else (spark_engine(spark_lake, landing, tmp_path / "scratch"), spark_lake.catalog))
+    oracle = TableOracle(columns=("id", "v", "seq"), sequence="string")
+    files = [OracleFile(p.relative_to(landing).as_posix(), tuple(r)) for p, r in zip(paths, rows)]
+    for batch_id in ("b0", "b1"):
+        got = engine.merge(catalog, table, landed(landing, paths), batch_id, now=NOW)
+        want = oracle.merge(files)
+        assert (got.inserted, got.updated, got.deleted, got.stale_skipped, got.tombstone_rejected) == (
+            want.inserted, want.updated, want.deleted, want.stale_skipped, want.tombstone_rejected), batch_id
+    assert (got.inserted, got.updated, got.deleted, got.stale_skipped, got.tombstone_rejected) == (0, 0, 0, 2, 0)
+    held = table_rows(catalog, table.identifier, ["id"])
+    assert [(r["id"], r["v"], r["_lake_batch_id"]) for r in held] == [(1, 11, "b0"), (3, 3, "b0")]
+    tombstones = table_rows(catalog, tombstone_identifier(table.source, table.name), ["id"])
+    assert [r["id"] for r in tombstones] == [2, 5]
+
+
 def test_a_file_changed_after_it_was_claimed_is_left_out(spark_lake, tmp_path):
     source = unique_source("changed")
     table = make_table(source, columns=[("id", "long"), ("v", "long")])
