@@ -97,6 +97,9 @@ def _combined(a: ArrivalReport, b: ArrivalReport) -> ArrivalReport:
     for table, n in b.recorded.items():
         a.recorded[table] = a.recorded.get(table, 0) + n
     a.unroutable += b.unroutable
+    a.content_duplicates += b.content_duplicates
+    a.identical += b.identical
+    a.rerouted += b.rerouted
     a.settling = b.settling
     a.settled_at = b.settled_at
     return a

@@ -204,8 +204,6 @@ def test_an_operator_reload_replaces_the_table_with_the_next_load_files(lake):
     assert plain(lake) == [(3, 30), (4, 40)]  # the request was used once
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a reload without deletes keeps the old load's tombstones "
-                   "(sidecars.update_tombstones returns early when old is None, which the pipeline passes on a reload)")
 def test_a_reload_leaves_no_tombstone_of_the_old_load(lake):
     land(lake, PLAIN, cdc(1), [{"Op": "D", "id": 5, "amount": 0}])  # a delete of a key the table lacks: a tombstone
     ingest(lake)
@@ -353,6 +351,49 @@ def test_a_tombstone_is_kept_for_the_retention_period_only(lake):
     late = merge(cdc(6), [O("I", 2, 21, "5")], "b5", 8)
     assert (late.tombstone_rejected, late.inserted) == (0, 1)
     assert orders(lake) == [(2, 21), (3, 30), (4, 40)]
+
+
+def test_an_expired_tombstone_guards_nothing_even_before_a_batch_drops_it(lake):
+    from lake_assets.core.cdc.batch import LandedInput
+    from lake_assets.core.cdc.dms import parse_landing_key
+
+    table = lake.registry.get("shop", "orders")
+    engine, t0 = InProcessEngine(), dt.datetime(2026, 11, 21, 12, tzinfo=dt.UTC)
+
+    def merge(name, changes, batch_id, days):
+        path = land(lake, ORDERS, name, changes)
+        key = path.relative_to(lake.landing).as_posix()
+        return engine.merge(lake.env.catalog, table, [LandedInput(parse_landing_key(key), path.read_bytes())], batch_id,
+                            now=t0 + dt.timedelta(days=days))
+
+    merge(cdc(1), [O("I", 1, 10, "1"), O("D", 1, 10, "10")], "b0", 0)
+    late = merge(cdc(2), [O("I", 1, 11, "5")], "b1", 30)  # the first batch after the tombstone expired
+    assert (late.tombstone_rejected, late.inserted) == (0, 1)
+    assert orders(lake) == [(1, 11)]
+
+
+def test_a_crash_between_commit_and_ledger_keeps_an_all_quarantined_file_quarantined(lake):
+    class Died(BaseException):  # what SIGKILL does to the runner, without killing the test
+        pass
+
+    def die_after_commit(name):
+        if name == "after_commit":
+            raise Died()
+
+    land(lake, ORDERS, cdc(1), [O("I", 1, 10, "1")])
+    bad = land(lake, ORDERS, cdc(2), [O("I", 2, 20, None), O("I", 3, 30, "junk")])
+    from lake_assets.core.arrivals import record_arrivals
+
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+    table = lake.registry.get("shop", "orders")
+    with pytest.raises(Died):
+        merge_pending(table, catalog=lake.env.catalog, ledger=lake.env.ledger, landing=lake.env.landing,
+                      engine=InProcessEngine(), failpoint=die_after_commit)
+    run = merge_pending(table, catalog=lake.env.catalog, ledger=lake.env.ledger, landing=lake.env.landing,
+                        engine=InProcessEngine())
+    assert [r.already_committed for r in run.results] == [True]
+    statuses = {e.key.rsplit("/", 1)[1]: (e.status, e.rows_read, e.quarantined_rows) for e in lake.env.ledger.entries(ORDERS)}
+    assert statuses == {cdc(1) + ".parquet": (COMMITTED, 1, 0), bad.name: ("quarantined", 2, 2)}
 
 
 def test_a_35_digit_sequence_declared_long_is_a_bad_row_naming_the_column(tmp_path):

@@ -92,6 +92,7 @@ def generated_folders(project_dir: Path = DBT_PROJECT_DIR, registry: Registry | 
 def plan(project_dir: Path = DBT_PROJECT_DIR, registry: Registry | None = None) -> Plan:
     write: dict[Path, tuple[str, str]] = {}
     delete: list[Path] = []
+    registry = registry if registry is not None else load_registry()
     for owned in generated_folders(project_dir, registry):
         root = project_dir / owned.folder
         # Dotfiles (.gitkeep, editor swap files) are no dbt input: neither ours nor refused.
@@ -103,6 +104,8 @@ def plan(project_dir: Path = DBT_PROJECT_DIR, registry: Registry | None = None) 
                     f"declare it there (then run `{COMMAND} generate`) or move the file out of {owned.folder}/"
                 )
             if path.relative_to(project_dir) not in owned.files:
+                if path.parent.name == "sources" and registry.error_for_source(path.stem) is not None:
+                    continue  # its source's registry file is broken, not gone: keep the last good file
                 delete.append(path.relative_to(project_dir))
         for rel, generated in owned.files.items():
             text = generated.render(rel.suffix)

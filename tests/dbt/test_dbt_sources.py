@@ -286,3 +286,16 @@ def test_a_new_registry_source_can_be_sourced_right_away(project_copy, crm_sourc
     assert manifest["sources"]["source.lakehouse.crm.notes"]["meta"]["primary_key"] == ["contact_id", "note_no"]
     model = manifest["nodes"]["model.lakehouse.contact_scores"]
     assert model["depends_on"]["nodes"] == ["source.lakehouse.crm.contacts"]
+
+
+def test_a_broken_registry_file_keeps_its_last_good_sources_file(project_copy, crm_sources):
+    """Loading the code location generates the dbt files: a typo in a source's YAML must not delete
+    that source's dbt sources (and break every model reading it) until the YAML is fixed."""
+    dbt_codegen.generate(project_copy)
+    crm = project_copy / "models" / "sources" / "crm.yml"
+    good = crm.read_text()
+    (crm_sources / "crm.yaml").write_text(CRM.replace("primary_key: [contact_id]", "primary_key: [Contact Id]"))
+    registry = load_registry()
+    assert registry.error_for_source("crm") is not None
+    assert dbt_codegen.generate(project_copy, registry) == []
+    assert crm.read_text() == good

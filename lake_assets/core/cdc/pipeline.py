@@ -13,6 +13,7 @@ this same function on its driver with a writer that uses Spark (`core/spark/merg
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import time
@@ -217,7 +218,7 @@ def merge_batch(
         result.appended = rows.num_rows
         classification = None
     else:
-        tombstones = None if loads.reload else load_tombstones(catalog, table)
+        tombstones = None if loads.reload else load_tombstones(catalog, table, now=now)
         rows, classification = _current(writer, tbl, batch, batch_id, now, loads, tombstones, result)
 
     # Sidecars before the commit that makes the batch visible; each is idempotent by batch id.
@@ -229,7 +230,10 @@ def merge_batch(
             deleted=rows.take(classification.tombstoned).select(keys + [SEQ]),
             rewritten_keys=rows.take(classification.written).select(keys), reload=loads.reload, now=now,
         )
-    summary = batch_summary(batch_id, result.files, result.counts(), loads.summary())
+    # Per-file counts travel with the commit: a ledger reconciled after a crash still knows which
+    # files gave the table nothing (no rows, or every row quarantined).
+    per_file = {"lake.per-file": json.dumps({k: list(v) for k, v in batch.per_file.items()}, separators=(",", ":"))}
+    summary = batch_summary(batch_id, result.files, result.counts(), loads.summary() | per_file)
     plan = CommitPlan(table, batch_id, evolution, summary, loads.reload, history, rows, classification)
     failpoint("before_commit")
     committed = writer.commit(catalog, tbl, plan)

@@ -278,7 +278,10 @@ class _BatchRunner:
             setattr(result, k.replace("-", "_"), int(summary.get(f"lake.{k}", 0)))
         unlisted = {e.key: f"{e.key} (table {table.identifier}): not in the committed batch's file list (it could not be read)"
                     for e in entries if e.key not in files}
-        self.ledger.finish_batch(batch_id, committed={k: (0, 0) for k in files}, failed=unlisted, snapshot_id=result.snapshot_id)
+        per_file = {k: (int(v[0]), int(v[1])) for k, v in json.loads(summary.get("lake.per-file", "{}")).items()}
+        result.per_file = per_file
+        self.ledger.finish_batch(batch_id, committed={k: per_file.get(k, (0, 0)) for k in files}, failed=unlisted,
+                                 snapshot_id=result.snapshot_id, set_aside=self._set_aside(result))
         if summary.get("lake.reload") == "true":
             self.ledger.clear_reload(table.identifier)
         result.failed_files = unlisted

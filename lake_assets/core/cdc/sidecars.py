@@ -13,6 +13,7 @@ import warnings
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, EqualTo
 
@@ -68,9 +69,17 @@ def write_quarantine(
     return len(rows)
 
 
-def load_tombstones(catalog: Catalog, table: TableConfig) -> pa.Table | None:
+def load_tombstones(catalog: Catalog, table: TableConfig, *, now: dt.datetime | None = None) -> pa.Table | None:
+    """The table's tombstones; with `now`, only those still within tombstone_retention_days (an
+    expired tombstone guards nothing, even before a batch gets round to dropping it)."""
     tbl = load_table(catalog, tombstone_identifier(table.source, table.name))
-    return None if tbl is None else tbl.scan().to_arrow()
+    if tbl is None:
+        return None
+    rows = tbl.scan().to_arrow()
+    if now is None or rows.num_rows == 0:
+        return rows
+    cutoff = now - dt.timedelta(days=table.tombstone_retention_days)
+    return rows.filter(pc.greater_equal(rows.column(DELETED_AT), pa.scalar(cutoff, rows.column(DELETED_AT).type)))
 
 
 def update_tombstones(
@@ -92,8 +101,8 @@ def update_tombstones(
     """
     keys = list(table.primary_key)
     identifier = tombstone_identifier(table.source, table.name)
-    if old is None and deleted.num_rows == 0:
-        return 0
+    if old is None and deleted.num_rows == 0 and (not reload or load_table(catalog, identifier) is None):
+        return 0  # nothing to keep, and (on a reload) no old load's tombstones to clear
     cutoff = now - dt.timedelta(days=table.tombstone_retention_days)
     new = pa.table({**{k: deleted.column(k) for k in keys}, SEQ: deleted.column(SEQ)}).append_column(
         DELETED_AT, pa.array([now] * deleted.num_rows, pa.timestamp("us", tz="UTC"))
