@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import textwrap
 import time
+import uuid
 
 import pytest
 
@@ -117,10 +118,11 @@ def test_s3_objects_report_their_last_modified_time(monkeypatch):
         for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
             monkeypatch.setenv(k, v)
         s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        s3.create_bucket(Bucket="landing")
-        s3.put_object(Bucket="landing", Key=f"dms/{A}", Body=b"a")
-        head = s3.head_object(Bucket="landing", Key=f"dms/{A}")
-        [obj] = S3LandingZone("landing", "dms", s3).list()
+        bucket = f"landing-{uuid.uuid4().hex[:8]}"  # moto's state is per process: other tests' buckets live on
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key=f"dms/{A}", Body=b"a")
+        head = s3.head_object(Bucket=bucket, Key=f"dms/{A}")
+        [obj] = S3LandingZone(bucket, "dms", s3).list()
         assert (obj.key, obj.modified) == (A, head["LastModified"].timestamp())
         assert abs(obj.modified - dt.datetime.now(dt.UTC).timestamp()) < 60
     finally:
