@@ -36,6 +36,7 @@ tables:
     primary_key: [id]
     {seq_line}
     mode: {mode}
+    write: {write}
     columns:
       - {{name: seq, type: "{seq_type}"}}
       - {{name: id, type: long}}
@@ -104,7 +105,8 @@ def histories(draw):
     )
     ingests = draw(st.lists(st.lists(action, min_size=1, max_size=4), min_size=1, max_size=4))
     reload_at = draw(st.one_of(st.none(), st.integers(0, len(ingests) - 1)))
-    return {"kind": kind, "fmt": fmt, "mode": mode, "ingests": ingests, "reload_at": reload_at}
+    write = draw(st.sampled_from(["copy_on_write", "merge_on_read", "auto"]))  # how replaced rows are removed
+    return {"kind": kind, "fmt": fmt, "mode": mode, "ingests": ingests, "reload_at": reload_at, "write": write}
 
 
 def _comparable(kind, v):
@@ -133,7 +135,7 @@ def test_hostile_deliveries_match_the_oracle(h):
     kind = h["kind"]
     with tempfile.TemporaryDirectory() as tmp:
         seq_type = kind or "long"
-        source = SOURCE.format(fmt=h["fmt"], mode=h["mode"], seq_type=seq_type,
+        source = SOURCE.format(fmt=h["fmt"], mode=h["mode"], seq_type=seq_type, write=h["write"],
                                seq_line="sequence_by: seq" if kind else "")
         lake = make_lake(Path(tmp), {"prop": source})
         folder = lake.landing / "prop" / "app" / "items"

@@ -14,6 +14,7 @@ tables:
   - name: facts
     schema: app
     primary_key: [{keys}]
+    write: copy_on_write  # the files a batch rewrites are what these tests count
     partition_by: [{{column: region, transform: identity}}]
     columns: [{{name: region, type: string}}, {{name: id, type: long}}, {{name: val, type: long}}]
 """

@@ -40,6 +40,9 @@ TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[\d+\]|trunc
 Format = Literal["parquet", "csv"]
 Mode = Literal["current", "history"]
 Engine = Literal["inprocess", "spark"]
+# How a merge removes replaced rows: rewrite the data files that hold them (copy-on-write), write
+# position-delete files (merge-on-read), or choose per data file by the share of its rows replaced.
+Write = Literal["copy_on_write", "merge_on_read", "auto"]
 
 
 class RegistryError(ValueError):
@@ -259,6 +262,7 @@ class TableDefaults(_Strict):
     csv: CsvOptions = CsvOptions()
     mode: Mode = "current"
     engine: Engine = "inprocess"
+    write: Write = "auto"
     refresh: str | None = "on_arrival"
     tombstone_retention_days: int = Field(default=7, ge=0)
     quarantine_max_rate: float = Field(default=0.01, ge=0, le=1)
@@ -286,6 +290,7 @@ class TableSpec(_TableRules):
     csv: CsvOptions | None = None
     mode: Mode | None = None
     engine: Engine | None = None
+    write: Write | None = None
     refresh: str | None = None
     tombstone_retention_days: int | None = Field(default=None, ge=0)
     quarantine_max_rate: float | None = Field(default=None, ge=0, le=1)
@@ -330,6 +335,7 @@ class TableConfig(_TableRules):
     engine: Engine
     refresh: str | None
     tombstone_retention_days: int = Field(ge=0)
+    write: Write = "auto"
     quarantine_max_rate: float = Field(ge=0, le=1)
     owners: tuple[str, ...]
     description: str | None
@@ -491,6 +497,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                     csv=pick("csv"),
                     mode=pick("mode"),
                     engine=pick("engine"),
+                    write=pick("write"),
                     refresh=pick("refresh"),
                     tombstone_retention_days=pick("tombstone_retention_days"),
                     quarantine_max_rate=pick("quarantine_max_rate"),

@@ -46,12 +46,13 @@ def make_table(
     fmt: str = "parquet",
     csv: CsvOptions | None = None,
     schema: str = "app",
+    write: str = "auto",
 ) -> TableConfig:
     return TableConfig(
         source=source, name=name, schema=schema, source_table=name, primary_key=primary_key, sequence_by=sequence_by,
         columns=tuple(ColumnSpec(name=c, type=t) for c, t in columns) if columns is not None else None,
         partition_by=tuple(PartitionField(column=c, transform=t) for c, t in partition_by), pii=(), format=fmt,
-        csv=csv or CsvOptions(), mode=mode, engine="spark", refresh="on_arrival", tombstone_retention_days=7,
+        csv=csv or CsvOptions(), mode=mode, engine="spark", write=write, refresh="on_arrival", tombstone_retention_days=7,
         quarantine_max_rate=0.5, owners=(), description=None, config_file="<test>",
     )
 

@@ -288,11 +288,32 @@ def test_the_job_reads_an_s3_landing_zone(spark_lake, tmp_path, monkeypatch):
         server.stop()
 
 
-def test_a_table_can_switch_engines_between_batches(spark_lake, tmp_path):
+def _readers_agree(spark_lake, identifier: str) -> list[tuple]:
+    """The table as pyiceberg, Spark and DuckDB's iceberg_scan read it (delete files applied): one answer."""
+    import duckdb
+    import duckdb_extensions
+
+    tbl = spark_lake.catalog.load_table(identifier)
+    by_pyiceberg = sorted((r["id"], r["v"]) for r in tbl.scan(selected_fields=("id", "v")).to_arrow().to_pylist())
+    by_spark = sorted((r.id, r.v) for r in spark_lake.spark.sql(f"SELECT id, v FROM lake.{identifier}").collect())
+    con = duckdb.connect()
+    con.execute(f"SET extension_directory = '{spark_lake.home / 'duckdb_extensions'}'")
+    for name in ("avro", "iceberg"):
+        duckdb_extensions.import_extension(name, con=con)
+        con.execute(f"LOAD {name}")
+    by_duckdb = sorted(con.execute(f"SELECT id, v FROM iceberg_scan('{tbl.metadata_location}')").fetchall())
+    con.close()
+    assert by_pyiceberg == by_spark == by_duckdb, identifier
+    return by_pyiceberg
+
+
+@pytest.mark.parametrize("write", ["merge_on_read", "copy_on_write"])
+def test_a_table_can_switch_engines_between_batches(spark_lake, tmp_path, write):
     """`engine:` is a registry setting: batches of one table merged alternately by both engines give
-    the table the in-process engine alone gives."""
+    the table the in-process engine alone gives, whether merges write delete files or rewrite data
+    files, and pyiceberg, Spark and DuckDB read the same rows after every batch."""
     source = unique_source("switch")
-    table = make_table(source, columns=[("id", "long"), ("v", "long")], partition_by=(("id", "bucket[4]"),))
+    table = make_table(source, columns=[("id", "long"), ("v", "long")], partition_by=(("id", "bucket[4]"),), write=write)
     landing = tmp_path / "landing"
     folder = table_dir(landing, source, table.schema, table.source_table)
     cols = [("id", "long"), ("v", "long")]
@@ -315,5 +336,9 @@ def test_a_table_can_switch_engines_between_batches(spark_lake, tmp_path):
         want = InProcessEngine().merge(reference, table, files, f"b{b}", now=NOW)
         assert (got.inserted, got.updated, got.deleted, got.stale_skipped, got.tombstone_rejected) == (
             want.inserted, want.updated, want.deleted, want.stale_skipped, want.tombstone_rejected), f"b{b}"
+        assert _readers_agree(spark_lake, table.identifier) == sorted(
+            (r["id"], r["v"]) for r in table_rows(reference, table.identifier, ["id"])), f"b{b}"
+    deletes = [t for t in spark_lake.catalog.load_table(table.identifier).scan().plan_files() if t.delete_files]
+    assert bool(deletes) == (write == "merge_on_read"), "merge-on-read leaves delete files; copy-on-write none"
     assert table_rows(spark_lake.catalog, table.identifier, ["id"]) == table_rows(reference, table.identifier, ["id"])
     assert {r["id"]: r["v"] for r in table_rows(reference, table.identifier, ["id"])}[3] == 300

@@ -63,6 +63,8 @@ histories = st.fixed_dictionaries(
     {
         "mode": st.sampled_from(["current", "current", "history"]),
         "sequence_by": st.booleans(),
+        # Position-delete files (merge-on-read) or rewritten files: Spark's MERGE and ours either way.
+        "write": st.sampled_from(["copy_on_write", "merge_on_read", "auto"]),
         "reload_at": st.one_of(st.none(), st.integers(0, 2)),
         "batches": st.lists(st.lists(delivery, min_size=1, max_size=3), min_size=1, max_size=3),
     }
@@ -110,7 +112,7 @@ def _file(rows, load=None, second=0, extra=False):
 # Random histories rarely apply a delete to a row an earlier batch wrote (a run of 25 examples
 # had none), so one history is always run: a full load, then deletes and updates of held rows,
 # an absent delete, then late changes that are stale, tombstoned, or newer than full-load rows.
-HELD_ROWS = {"mode": "current", "sequence_by": True, "reload_at": None, "batches": [
+HELD_ROWS = {"mode": "current", "sequence_by": True, "reload_at": None, "write": "merge_on_read", "batches": [
     [_file(_rows(("I", 1, 1, "1"), ("I", 2, 2, "1"), ("I", 3, 3, "1"), ("I", 4, 4, "1")), load=1)],
     [_file(_rows(("U", 1, 11, "10"), ("D", 2, 2, "10"), ("D", 6, 0, "10")), second=5, extra=True)],
     [_file(_rows(("U", 2, 22, "5"), ("U", 1, 19, "9"), ("U", 3, 33, "-2"), ("D", 4, 4, "-1"), ("I", 6, 6, "3")), second=3)],
@@ -125,7 +127,8 @@ HELD_ROWS = {"mode": "current", "sequence_by": True, "reload_at": None, "batches
 @given(h=histories)
 def test_engines_agree_with_each_other_and_the_oracle(spark_lake, h):
     source = unique_source("eq")
-    table = make_table(source, columns=COLUMNS, mode=h["mode"], sequence_by="seq" if h["sequence_by"] else None)
+    table = make_table(source, columns=COLUMNS, mode=h["mode"], sequence_by="seq" if h["sequence_by"] else None).model_copy(
+        update={"write": h.get("write", "auto")})
     oracle = TableOracle(columns=("id", "v", "seq", "note"), sequence="string" if h["sequence_by"] else None, mode=h["mode"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -19,7 +19,7 @@ from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, 
 from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.transforms import parse_transform
+from pyiceberg.transforms import IdentityTransform, parse_transform
 from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
 
 from lake_assets.core.registry import TableConfig
@@ -39,6 +39,24 @@ COPY_ON_WRITE = {
     "write.update.mode": "copy-on-write",
     "write.merge.mode": "copy-on-write",
 }
+TARGET_FILE_SIZE = str(128 * 1024 * 1024)  # bounded data files: what one rewrite holds in memory
+
+
+def write_properties(table: TableConfig) -> dict[str, str]:
+    """How engines remove replaced rows, as Iceberg table properties (Spark's MERGE reads them; the
+    in-process engine reads the registry's `write`, choosing per file under `auto`)."""
+    mode = "merge-on-read" if table.write in ("merge_on_read", "auto") else "copy-on-write"
+    return {"write.delete.mode": mode, "write.update.mode": mode, "write.merge.mode": mode}
+
+
+def ensure_write_properties(tbl: Table, table: TableConfig) -> Table:
+    """Follow a change of the registry's `write` (a metadata-only commit; it changes no row)."""
+    wanted = write_properties(table)
+    if all(tbl.properties.get(k) == v for k, v in wanted.items()):
+        return tbl
+    txn = tbl.transaction()
+    txn.set_properties(wanted)
+    return txn.commit_transaction()
 
 
 class SchemaDriftError(ValueError):
@@ -143,6 +161,8 @@ def create_source_table(
     ensure_namespace(catalog, table.source)
     properties = {
         **COPY_ON_WRITE,
+        **write_properties(table),
+        "write.target-file-size-bytes": TARGET_FILE_SIZE,
         **TableDefinition.of(table).properties(),
         SEQUENCE_KIND: sequence_kind or "",
         POSITION_FORMAT: POSITION_FORMAT_VERSION,
@@ -157,6 +177,10 @@ def create_source_table(
         with txn.update_spec() as spec:
             for p in table.partition_by:
                 spec.add_field(p.column, parse_transform(p.transform), f"{p.column}_{p.transform.split('[')[0]}")
+    if table.mode == "current":  # rows sorted by key within each file: narrow key ranges to prune merges on
+        with txn.update_sort_order() as order:
+            for k in table.primary_key:
+                order.asc(k, IdentityTransform())
     try:
         return txn.commit_transaction()
     except TableAlreadyExistsError:  # another process created it first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -21,11 +22,12 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 from pyiceberg.typedef import Record
 from pyiceberg.types import PrimitiveType
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
+from lake_assets.core.cdc.deletes import OverwriteWithDeletes, deleted_positions, write_position_deletes
 from lake_assets.core.cdc.dms import OP
 from lake_assets.core.cdc.iceberg import committed_batches, conform
 from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, merge_batch
@@ -47,6 +49,7 @@ class _Touched:
 
     tasks: list
     removed: pa.Table  # FILE_IX, POS
+    live: dict[int, int]  # FILE_IX -> live rows of the file before this batch
 
 
 def _as_comparable(col: pa.ChunkedArray | pa.Array) -> list:
@@ -124,9 +127,33 @@ def scan_files(tbl: Table, identifier: str, tasks: list, columns: list[str] | No
     return out
 
 
+# `write: auto`: a data file whose replaced rows are at most this share of its live rows gets a
+# position-delete file instead of a rewrite (bench/merge.py measures where rewriting stops paying).
+MERGE_ON_READ_SHARE = 0.2
+
+
+def _original_positions(tbl: Table, identifier: str, task: FileScanTask, columns: list[str] | None) -> tuple[pa.Table, pa.Array]:
+    """A data file's live rows with their original positions in the file (what position deletes
+    name): read without its delete files, then the positions they remove dropped."""
+    (data,) = scan_files(tbl, identifier, [FileScanTask(task.file)], columns)
+    positions = pa.array(range(data.num_rows), pa.int64())
+    if task.delete_files:
+        gone = deleted_positions(tbl.io, task)
+        if len(gone):
+            keep = pc.invert(pc.is_in(positions, value_set=gone))
+            data, positions = data.filter(keep), positions.filter(keep)
+    return data, positions
+
+
+def _sorted_by(rows: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Rows in primary-key order: files then hold narrow key ranges, which the next merges prune on."""
+    return rows.sort_by([(k, "ascending") for k in keys]) if rows.num_rows > 1 else rows
+
+
 class InProcessWriter:
-    """Compares winners with the rows of the candidate data files in DuckDB, and commits one
-    copy-on-write snapshot with pyiceberg."""
+    """Compares winners with the live rows of the candidate data files in DuckDB, and commits one
+    snapshot with pyiceberg: touched files rewritten one at a time (copy-on-write), or left in place
+    with a position-delete file naming the replaced rows (merge-on-read), as the table's `write` says."""
 
     name = "inprocess"
 
@@ -134,11 +161,12 @@ class InProcessWriter:
         identifier = result.table
         tasks, result.files_in_table = candidate_tasks(tbl, win, keys)
         result.files_read = len(tasks)
-        existing = [
-            t.append_column(FILE_IX, pa.array([i] * t.num_rows, pa.int64())).append_column(POS, pa.array(range(t.num_rows), pa.int64()))
-            for i, t in enumerate(scan_files(tbl, identifier, tasks, list(keys) + [SEQ]))
-        ]
-        held = pa.concat_tables(existing).select(list(keys) + [SEQ, FILE_IX, POS]) if existing else pa.table(
+        existing = []
+        for i, task in enumerate(tasks):
+            data, positions = _original_positions(tbl, identifier, task, list(keys) + [SEQ])
+            existing.append(data.append_column(FILE_IX, pa.array([i] * data.num_rows, pa.int64())).append_column(POS, positions))
+        # Files written by other engines may read back with other string widths (Spark: large_string).
+        held = pa.concat_tables(existing, promote_options="permissive").select(list(keys) + [SEQ, FILE_IX, POS]) if existing else pa.table(
             {**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
              FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
         w = pa.table({**{k: win.column(k) for k in keys}, SEQ: win.column(SEQ), OP: win.column(OP)}).append_column(
@@ -154,43 +182,65 @@ class InProcessWriter:
         removed = con.execute(
             f"SELECT fi AS {FILE_IX}, pos AS {POS} FROM j WHERE outcome IN ('update', 'delete') ORDER BY fi, pos"
         ).arrow().read_all()
+        live = {i: t.num_rows for i, t in enumerate(existing)}
         con.close()
-        return Classification(outcome, _Touched(tasks, removed))
+        return Classification(outcome, _Touched(tasks, removed, live))
 
     def commit(self, catalog: Catalog, tbl: Table, plan: CommitPlan) -> Committed:
         txn = tbl.transaction()
         plan.evolution.apply(txn)
-        target = txn.table_metadata.schema().as_arrow()
+        meta = txn.table_metadata  # rebuilt from the pending updates on every access: read it once
+        target = meta.schema().as_arrow()
         identifier = plan.table.identifier
-        to_delete: list = []
+        keys = plan.table.primary_key
+        commit = OverwriteWithDeletes(txn, tbl.io, plan.summary)
+        rewritten = 0
+        names = itertools.count()  # one sequence for every file of the commit: names never repeat
+
+        def write(rows: pa.Table) -> None:
+            if rows.num_rows:
+                for data_file in _dataframe_to_data_files(meta, rows, tbl.io, commit.commit_uuid, names):
+                    commit.append_data_file(data_file)
+
         if plan.history:
-            new_rows = conform(plan.rows, target)
+            write(conform(plan.rows, target))
         else:
             c = plan.classification
             assert c is not None
-            parts: list[pa.Table] = []
             if plan.reload:
-                to_delete = [t.file for t in tbl.scan().plan_files()] if tbl.current_snapshot() else []
+                for task in (tbl.scan().plan_files() if tbl.current_snapshot() else []):
+                    commit.delete_data_file(task.file)
+                    rewritten += 1
             elif isinstance(c.private, _Touched):
                 removed = c.private.removed
-                touched = sorted(set(removed.column(FILE_IX).to_pylist()))
-                for i, data in zip(touched, scan_files(tbl, identifier, [c.private.tasks[i] for i in touched])):
-                    gone = pc.filter(removed.column(POS), pc.equal(removed.column(FILE_IX), i))
-                    keep = pc.invert(pc.is_in(pa.array(range(data.num_rows), pa.int64()), value_set=gone.combine_chunks()))
-                    parts.append(conform(data.filter(keep), target))
-                to_delete = [c.private.tasks[i].file for i in touched]
-            parts.append(conform(plan.rows.take(c.written), target))
-            new_rows = pa.concat_tables(parts)
-        with txn.update_snapshot(snapshot_properties=plan.summary).overwrite() as ow:
-            for data_file in to_delete:
-                ow.delete_data_file(data_file)
-            if new_rows.num_rows:
-                for data_file in _dataframe_to_data_files(txn.table_metadata, new_rows, tbl.io, ow.commit_uuid):
-                    ow.append_data_file(data_file)
+                deletes = []
+                for i in sorted(set(removed.column(FILE_IX).to_pylist())):
+                    task = c.private.tasks[i]
+                    gone = pc.filter(removed.column(POS), pc.equal(removed.column(FILE_IX), i)).combine_chunks()
+                    if _merge_on_read(plan.table.write, len(gone), c.private.live.get(i, 0)):
+                        deletes.append((task.file, gone))
+                        continue
+                    # Copy-on-write, one file at a time: memory follows the largest file, not the table.
+                    data, positions = _original_positions(tbl, identifier, task, None)
+                    write(conform(data.filter(pc.invert(pc.is_in(positions, value_set=gone))), target))
+                    commit.delete_data_file(task.file)
+                    rewritten += 1
+                for delete_file in write_position_deletes(tbl, deletes):
+                    commit.append_delete_file(delete_file)
+            write(_sorted_by(conform(plan.rows.take(c.written), target), keys))
+        commit.commit()
         committed = txn.commit_transaction()
         done = committed_batches(committed).get(plan.batch_id)
         assert done is not None, f"table {identifier}: the commit of batch {plan.batch_id} carries no batch id"
-        return Committed(int(done["snapshot-id"]), files_rewritten=len(to_delete))
+        return Committed(int(done["snapshot-id"]), files_rewritten=rewritten)
+
+
+def _merge_on_read(write: str, replaced: int, live: int) -> bool:
+    if write == "merge_on_read":
+        return True
+    if write == "copy_on_write":
+        return False
+    return live > 0 and replaced <= MERGE_ON_READ_SHARE * live
 
 
 class InProcessEngine:

@@ -33,6 +33,7 @@ from lake_assets.core.cdc.iceberg import (
     check_definition,
     committed_batches,
     create_source_table,
+    ensure_write_properties,
     load_table,
     plan_evolution,
     table_sequence_kind,
@@ -207,6 +208,7 @@ def merge_batch(
     if tbl is None:
         tbl = create_source_table(catalog, table, schema, sequence_kind=batch.sequence_kind.value if batch.sequence_kind else None,
                                   files=result.files)
+    tbl = ensure_write_properties(tbl, table)
     loads = decide_load(current_load(tbl), batch.load_numbers, reload_requested=reload_requested)
     result.reload, result.reload_reason = loads.reload, loads.reason
     evolution = plan_evolution(tbl, table.identifier, schema, result.files)

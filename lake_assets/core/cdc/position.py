@@ -10,7 +10,9 @@ A change's position is, compared element by element (DESIGN.md "CDC semantics: o
   file      the file's name: LOAD number, or the CDC file's creation-time name
   version   the file version: a re-landed file's new content ranks after its earlier versions
   row       the row number in the file
-  key       the landing key, a last tie-break so that no two changes share a position
+  key       a short digest of the landing key, a last tie-break so that no two changes share a
+            position (two files of one name in different folders); a digest because the position
+            is stored in every row and compared by every merge
 
 Strings rather than a struct because the position is stored in every table row (`_lake_seq`) and
 compared by DuckDB, Spark and pyarrow alike: bytewise string order is the one comparison they all
@@ -21,6 +23,7 @@ parts in order.
 from __future__ import annotations
 
 import decimal
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -193,6 +196,11 @@ def name_part(name: str) -> str:
     return _UNSAFE.sub(lambda m: f"%{ord(m.group(0)):02X}", name)
 
 
+def key_digest(key: str) -> str:
+    """10 hex digits naming a landing key in positions (a tie-break only: never decoded)."""
+    return hashlib.blake2b(key.encode(), digest_size=5).hexdigest()
+
+
 def file_positions(*, is_load: bool, sequence: pa.Array | None, name: str, version: int, rows: pa.Array, key: str) -> pa.Array:
     """Positions of one file's changes. sequence: encoded sequence parts (no nulls), or None when
     the table declares no sequence_by (or a full-load row carries none: the empty part ranks lowest)."""
@@ -202,7 +210,7 @@ def file_positions(*, is_load: bool, sequence: pa.Array | None, name: str, versi
     seq = pc.fill_null(sequence, "") if sequence is not None else pa.scalar("")
     middle = pa.scalar(f"{SEPARATOR}{name_part(name)}{SEPARATOR}{version:0{VERSION_WIDTH}d}{SEPARATOR}")
     row_part = pc.utf8_lpad(rows.cast(pa.string()), width=ROW_WIDTH, padding="0")
-    tail = pa.scalar(f"{SEPARATOR}{key}")
+    tail = pa.scalar(f"{SEPARATOR}{key_digest(key)}")
     joined = pc.binary_join_element_wise(head, seq, middle, row_part, tail, "")
     if not isinstance(joined, (pa.Array, pa.ChunkedArray)):  # all scalars: a file of no rows
         return pa.array([], pa.string())
