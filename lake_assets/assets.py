@@ -10,12 +10,11 @@ checks (the UI's "Execute" on a check) merges nothing: the checks are evaluated 
 
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     AssetCheckKey,
     AssetCheckResult,
-    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
@@ -24,16 +23,16 @@ from dagster import (
     MetadataValue,
     multi_asset,
 )
-from dagster._core.definitions.metadata import TableMetadataSet
-from pyiceberg.exceptions import NoSuchTableError
 
 from lake_assets.checks import check_specs, evaluate
-from lake_assets.core.cdc.runner import MergeOptions, merge_pending
 from lake_assets.core.naming import source_pool
 from lake_assets.core.registry import Registry, TableConfig
 from lake_assets.landing_assets import landing_asset_key, observations
 from lake_assets.table_metadata import data_version, registry_column_schema, table_metadata
 from resources.lake import LakeResource
+
+if TYPE_CHECKING:
+    from lake_assets.core.cdc.runner import MergeOptions
 
 LAKE_RESOURCE, SPARK_RESOURCE = "lake", "spark"
 
@@ -50,8 +49,10 @@ def _tag_names(tags: dict, tag: str, table: TableConfig) -> bool:
     return value == "true" or table.identifier in {v.strip() for v in value.split(",")}
 
 
-def merge_options(tags: dict, table: TableConfig, settings=None) -> MergeOptions:
+def merge_options(tags: dict, table: TableConfig, settings=None) -> "MergeOptions":
     """The merge options a run's tags ask for this table (the lock wait from the settings)."""
+    from lake_assets.core.cdc.runner import MergeOptions
+
     return MergeOptions(
         lock_wait_seconds=settings.lock_wait_seconds if settings is not None else MergeOptions.lock_wait_seconds,
         retry_failed=tags.get(RETRY_FAILED_TAG, "false").lower() == "true",
@@ -65,7 +66,7 @@ def _spec(table: TableConfig) -> AssetSpec:
     schema = registry_column_schema(table)
     return AssetSpec(
         key=AssetKey(table.asset_key_path),
-        deps=[AssetDep(landing_asset_key(table))],
+        deps=[landing_asset_key(table)],
         group_name=table.source,
         kinds={"iceberg", "spark" if table.engine == "spark" else "duckdb"},
         description=table.description or f"{table.schema}.{table.source_table} of {table.source}, merged from CDC",
@@ -77,7 +78,9 @@ def _spec(table: TableConfig) -> AssetSpec:
             "sequence_by": table.sequence_by or "(file, row)",
             "landing_prefix": table.landing_prefix,
             "registry_file": table.config_file,
-            **TableMetadataSet(table_name=table.identifier, column_schema=schema),
+            # TableMetadataSet's keys, spelled out: constructing the set for each of 3,000 tables is slow.
+            "dagster/table_name": table.identifier,
+            **({"dagster/column_schema": schema} if schema is not None else {}),
         },
         skippable=True,  # a table that fails yields nothing; the others still materialize
     )
@@ -144,6 +147,11 @@ def merge_table(context, table: TableConfig, lake: LakeResource, checks: set[str
 
     A merge with nothing to do still materializes (its runs show what happened) but keeps the data
     version, the table's newest snapshot that changed data: nothing downstream turns stale or rebuilds."""
+    # The merge machinery (pyiceberg, DuckDB) is imported by runs, not to load the definitions.
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from lake_assets.core.cdc.runner import merge_pending
+
     engine = engine_for(table, context)
     tags = context.run.tags if context.run else {}
     try:

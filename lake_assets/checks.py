@@ -11,24 +11,23 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import duckdb
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
 from dagster._utils.schedules import get_latest_completed_cron_tick  # the cron arithmetic schedules use
-from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.table import Table
 
-from lake_assets.core.cdc.iceberg import committed_batches
 from lake_assets.core.ledger import COMMITTED, FAILED, PROCESSING, QUARANTINED, LedgerEntry
 from lake_assets.core.registry import TableConfig
 from resources.lake import LakeResource
 
+if TYPE_CHECKING:  # imported by the runs that evaluate checks, not to load the definitions
+    from pyiceberg.table import Table
+
 UNIQUE_KEYS = "unique_primary_key"
 LEDGER_RECONCILED = "ledger_reconciled"
 QUARANTINE_RATE = "quarantine_rate"
-NO_FAILED_FILES = "no_failed_files"
 FRESHNESS = "freshness"
-CHECK_NAMES = (UNIQUE_KEYS, LEDGER_RECONCILED, QUARANTINE_RATE, NO_FAILED_FILES, FRESHNESS)
+CHECK_NAMES = (UNIQUE_KEYS, LEDGER_RECONCILED, QUARANTINE_RATE, FRESHNESS)
 
 # How long a landed file may wait for its merge. On-arrival tables: the sensor asks for a merge within
 # seconds, so a file still unmerged after this is stuck (sensor off, runs failing, a lock held).
@@ -41,12 +40,12 @@ FAILED_FILES_SHOWN = 50  # a check's metadata lists at most this many files (the
 def check_specs(key: AssetKey, table: TableConfig) -> list[AssetCheckSpec]:
     return [
         AssetCheckSpec(UNIQUE_KEYS, asset=key, description=f"No two rows share ({', '.join(table.primary_key)})"),
-        AssetCheckSpec(LEDGER_RECONCILED, asset=key, description="Every file the ledger calls committed is in a snapshot's "
-                       "file list, and none is left processing by a merge that is gone"),
+        AssetCheckSpec(LEDGER_RECONCILED, asset=key, description="Every landed file reached the table: each file the ledger "
+                       "calls committed is in a snapshot's file list, none is left processing by a merge that is gone, none "
+                       "failed (error: its changes are missing until it is fixed and retried), none was set aside with all "
+                       "its rows quarantined (warning)"),
         AssetCheckSpec(QUARANTINE_RATE, asset=key, description=f"Quarantined rows of the last merge stay under "
                        f"{table.quarantine_max_rate:.1%} of the rows it read"),
-        AssetCheckSpec(NO_FAILED_FILES, asset=key, description="No landed file failed to merge (error: the file's changes are "
-                       "missing until it is fixed and retried) or was set aside with all its rows quarantined (warning)"),
         AssetCheckSpec(FRESHNESS, asset=key, description=f"Every landed file is merged within {describe_allowance(table)}"),
     ]
 
@@ -103,6 +102,8 @@ def freshness_result(table: TableConfig, key: AssetKey, result: Freshness) -> As
 
 
 def _load(lake: LakeResource, table: TableConfig) -> Table | None:
+    from pyiceberg.exceptions import NoSuchTableError
+
     try:
         return lake.catalog.load_table(table.identifier)
     except NoSuchTableError:
@@ -119,7 +120,7 @@ def evaluate(table: TableConfig, lake: LakeResource, names: Iterable[str], *, me
         return []
     key = AssetKey(table.asset_key_path)
     tbl = _load(lake, table) if names & {UNIQUE_KEYS, LEDGER_RECONCILED} else None
-    entries = lake.ledger.entries(table.identifier) if names & {LEDGER_RECONCILED, QUARANTINE_RATE, NO_FAILED_FILES, FRESHNESS} else []
+    entries = lake.ledger.entries(table.identifier) if names & {LEDGER_RECONCILED, QUARANTINE_RATE, FRESHNESS} else []
     out = []
     if UNIQUE_KEYS in names:
         out.append(unique_keys(table, key, tbl))
@@ -127,8 +128,6 @@ def evaluate(table: TableConfig, lake: LakeResource, names: Iterable[str], *, me
         out.append(ledger_reconciled(table, key, tbl, entries, lake))
     if QUARANTINE_RATE in names:
         out.append(quarantine_rate(table, key, merged_rows if merged_rows is not None else newest_batch_rows(entries)))
-    if NO_FAILED_FILES in names:
-        out.append(no_failed_files(key, entries))
     if FRESHNESS in names:
         pending = [e.arrived_at for e in entries if e.status in ("landed", PROCESSING)]
         merged = [e.arrived_at for e in entries if e.status in (COMMITTED, QUARANTINED)]
@@ -142,6 +141,8 @@ def unique_keys(table: TableConfig, key: AssetKey, tbl: Table | None) -> AssetCh
     if tbl is None or table.mode != "current":
         return AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=True,
                                 metadata={"note": "history mode: keys repeat by design" if tbl is not None else "no table yet"})
+    import duckdb
+
     keys = tbl.scan(selected_fields=table.primary_key).to_arrow()
     con = duckdb.connect()
     try:
@@ -157,6 +158,12 @@ def unique_keys(table: TableConfig, key: AssetKey, tbl: Table | None) -> AssetCh
 
 def ledger_reconciled(table: TableConfig, key: AssetKey, tbl: Table | None, entries: list[LedgerEntry],
                       lake: LakeResource) -> AssetCheckResult:
+    """Fails (error) while a file the ledger calls committed is in no snapshot, a batch is left
+    processing by a merge that is gone, or a file failed (its changes are missing from the table);
+    fails as a warning while a file was set aside (committed, but every row quarantined, or none).
+    The metadata lists the failed and set-aside files with their reasons."""
+    from lake_assets.core.cdc.iceberg import committed_batches
+
     committed_files: set[str] = set()
     if tbl is not None:
         for summary in committed_batches(tbl).values():
@@ -167,11 +174,36 @@ def ledger_reconciled(table: TableConfig, key: AssetKey, tbl: Table | None, entr
     # Files a live merge holds are in flight, not stuck: only a batch whose merge is gone is.
     holder = lake.ledger.lock_holder(table.identifier) if processing else None
     stuck = processing if processing and (holder is None or holder.expires_at < dt.datetime.now(dt.UTC).timestamp()) else 0
-    return AssetCheckResult(
-        asset_key=key, check_name=LEDGER_RECONCILED, passed=not missing and stuck == 0,
-        metadata={"committed_files": len(ledger_committed), "missing_from_snapshots": len(missing),
-                  "stuck_processing": stuck, "in_flight": processing - stuck, "examples": ", ".join(missing[:5]) or "-"},
-    )
+    failed = [e for e in entries if e.status == FAILED]
+    set_aside = [e for e in entries if e.status == QUARANTINED]
+    metadata: dict[str, MetadataValue] = {
+        "committed_files": MetadataValue.int(len(ledger_committed)),
+        "missing_from_snapshots": MetadataValue.int(len(missing)),
+        "stuck_processing": MetadataValue.int(stuck),
+        "in_flight": MetadataValue.int(processing - stuck),
+        "examples": MetadataValue.text(", ".join(missing[:5]) or "-"),
+        "failed_files": MetadataValue.int(len(failed)),
+        "quarantined_files": MetadataValue.int(len(set_aside)),
+    }
+    shown = (failed + set_aside)[:FAILED_FILES_SHOWN]
+    if shown:
+        rows = ["| file | status | reason |", "|---|---|---|"] + [
+            f"| `{e.key}` | {e.status} | {(e.reason or '-').replace('|', '/').replace(chr(10), ' ')} |" for e in shown]
+        more = len(failed) + len(set_aside) - len(shown)
+        metadata["files"] = MetadataValue.md("\n".join(rows) + (f"\n\n... and {more} more (see the ledger)" if more > 0 else ""))
+        metadata["reasons"] = MetadataValue.json({e.key: e.reason or "" for e in shown})
+    broken = bool(missing or stuck or failed)
+    if failed:
+        description = (f"{len(failed)} file(s) failed and stay retryable (python -m lake_assets.ingest --retry-failed, "
+                       f"or run tag lake/retry_failed=true)")
+    elif missing or stuck:
+        description = f"{len(missing)} committed file(s) in no snapshot, {stuck} left processing"
+    elif set_aside:
+        description = f"{len(set_aside)} file(s) gave the table nothing: every row quarantined, or no rows"
+    else:
+        description = None
+    return AssetCheckResult(asset_key=key, check_name=LEDGER_RECONCILED, passed=not (broken or set_aside), metadata=metadata,
+                            severity=AssetCheckSeverity.ERROR if broken else AssetCheckSeverity.WARN, description=description)
 
 
 def newest_batch_rows(entries: list[LedgerEntry]) -> tuple[int, int]:
@@ -191,30 +223,3 @@ def quarantine_rate(table: TableConfig, key: AssetKey, rows: tuple[int, int]) ->
         asset_key=key, check_name=QUARANTINE_RATE, passed=rate <= table.quarantine_max_rate, severity=AssetCheckSeverity.ERROR,
         metadata={"quarantined": quarantined, "rows_read": read, "rate": float(rate), "max_rate": table.quarantine_max_rate},
     )
-
-
-def no_failed_files(key: AssetKey, entries: list[LedgerEntry]) -> AssetCheckResult:
-    """Fails while any file of the table is failed (ERROR: its changes are missing from the table) or
-    set aside as quarantined (WARN: nothing of it reached the table); metadata lists them with reasons."""
-    failed = [e for e in entries if e.status == FAILED]
-    set_aside = [e for e in entries if e.status == QUARANTINED]
-    shown = (failed + set_aside)[:FAILED_FILES_SHOWN]
-    rows = ["| file | status | reason |", "|---|---|---|"] + [
-        f"| `{e.key}` | {e.status} | {(e.reason or '-').replace('|', '/').replace(chr(10), ' ')} |" for e in shown]
-    metadata: dict[str, MetadataValue] = {
-        "failed_files": MetadataValue.int(len(failed)),
-        "quarantined_files": MetadataValue.int(len(set_aside)),
-    }
-    if shown:
-        more = len(failed) + len(set_aside) - len(shown)
-        metadata["files"] = MetadataValue.md("\n".join(rows) + (f"\n\n... and {more} more (see the ledger)" if more > 0 else ""))
-        metadata["reasons"] = MetadataValue.json({e.key: e.reason or "" for e in shown})
-    if failed:
-        description = (f"{len(failed)} file(s) failed and stay retryable (python -m lake_assets.ingest --retry-failed, "
-                       f"or run tag lake/retry_failed=true)")
-    elif set_aside:
-        description = f"{len(set_aside)} file(s) gave the table nothing: every row quarantined, or no rows"
-    else:
-        description = None
-    return AssetCheckResult(asset_key=key, check_name=NO_FAILED_FILES, passed=not shown, metadata=metadata,
-                            severity=AssetCheckSeverity.ERROR if failed else AssetCheckSeverity.WARN, description=description)

@@ -23,7 +23,7 @@ from collections.abc import Set
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterEvent, DagsterEventType, DagsterInstance
+from dagster import AssetCheckSeverity, AssetKey, DagsterEvent, DagsterEventType, DagsterInstance
 
 from lake_assets.assets import REBUILD_TAG, RELOAD_TAG, RETRY_FAILED_TAG
 from lake_assets.core.arrivals import ArrivalReport, record_arrivals
@@ -39,6 +39,7 @@ class IngestOutcome:
     metadata: dict[str, dict]  # asset key -> materialization metadata
     success: bool
     failed_checks: list[str] = field(default_factory=list)  # "<asset key> <check>: <why>"
+    warned_checks: list[str] = field(default_factory=list)  # failed with severity WARN: shown, not a failure
     failed_tables: list[str] = field(default_factory=list)  # the failure each failed table reported
     registry_errors: list[str] = field(default_factory=list)
 
@@ -102,8 +103,10 @@ def _collect(outcome: IngestOutcome, events: list[DagsterEvent]) -> None:
         elif ev.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             check = ev.asset_check_evaluation_data
             if not check.passed:
-                outcome.failed_checks.append(f"{check.asset_key.to_user_string()} {check.check_name}: " + ", ".join(
-                    f"{k} {v.value}" for k, v in check.metadata.items() if k in _CHECK_FIGURES))
+                line = f"{check.asset_key.to_user_string()} {check.check_name}: " + ", ".join(
+                    f"{k} {v.value}" for k, v in check.metadata.items() if k in _CHECK_FIGURES)
+                warned = check.severity == AssetCheckSeverity.WARN
+                (outcome.warned_checks if warned else outcome.failed_checks).append(line)
         elif ev.event_type == DagsterEventType.STEP_FAILURE:
             error = ev.step_failure_data.error
             outcome.failed_tables.append(error.message.strip() if error else str(ev.event_specific_data))
@@ -140,6 +143,8 @@ def print_outcome(out: IngestOutcome, say=print) -> None:
         say(f"  FAILED FILE {reason}")
     for check in out.failed_checks:
         say(f"  FAILED CHECK {check}")
+    for check in out.warned_checks:
+        say(f"  WARNING {check}")
     for failure in out.failed_tables:
         say(f"  FAILED {failure}")
     if not out.ok:

@@ -21,7 +21,6 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from lake_assets.checks import FRESHNESS, freshness
-from lake_assets.core.arrivals import record_arrivals
 from lake_assets.core.naming import ingest_job_name
 from lake_assets.core.registry import Registry, TableConfig
 from lake_assets.landing_assets import observations
@@ -53,6 +52,8 @@ def build_landing_sensor(registry: Registry, *, running: bool = True, jobs: dict
                     "of on-arrival tables and keeps each table's freshness check current",
     )
     def landing_sensor(context: SensorEvaluationContext, lake: LakeResource):
+        from lake_assets.core.arrivals import record_arrivals  # the file readers: imported by ticks, not the definitions
+
         settle = lake.settings.settle_seconds
         report = record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK, settle_seconds=settle)
         wait = (report.settled_at - time.time()) if report.settling and report.settled_at else None

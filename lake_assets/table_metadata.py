@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import DataVersion, MetadataValue, TableColumn, TableColumnConstraints, TableSchema
 from dagster._core.definitions.metadata import TableMetadataSet
-from pyiceberg.table import Table
-from pyiceberg.table.snapshots import Snapshot
 
-from lake_assets.core.cdc.batch import FILE, SEQ
-from lake_assets.core.cdc.iceberg import lake_snapshots
-from lake_assets.core.cdc.pipeline import BATCH, INGESTED_AT, LAKE_OP, LAKE_ROW
 from lake_assets.core.dbt_sources import column_description
 from lake_assets.core.registry import TableConfig
 
-# The columns the merge adds to every source-aligned table (history mode: the last two as well).
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+    from pyiceberg.table.snapshots import Snapshot
+
+# The columns the merge adds to every source-aligned table (history mode: the last two as well),
+# named as the CDC pipeline names them (core/cdc/batch.py, pipeline.py). Spelled here because
+# importing the pipeline to describe a table costs 0.5 s of every definitions load (pyiceberg);
+# tests/test_dagster_checks.py compares these with the pipeline's names and a merged table's schema.
+SEQ, FILE = "_lake_seq", "_lake_file"
+LAKE_OP, BATCH, INGESTED_AT, LAKE_ROW = "_lake_op", "_lake_batch_id", "_lake_ingested_at", "_lake_row"
 LAKE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     (SEQ, "string", "Position of the change that wrote the row: full load or CDC, sequence_by value, file, file version "
                     "and row, compared element by element; a change not newer than this does not overwrite the row."),
@@ -55,6 +59,11 @@ def _tags(table: TableConfig, name: str) -> dict[str, str] | None:
     return {"pii": ""} if name in table.pii else None
 
 
+# The lake's columns as schema entries, built once: 3,000 tables share them.
+_LAKE_TABLE_COLUMNS = {mode: tuple(TableColumn(name, typ, text) for name, typ, text in LAKE_COLUMNS + extra)
+                       for mode, extra in (("current", ()), ("history", HISTORY_COLUMNS))}
+
+
 def registry_column_schema(table: TableConfig) -> TableSchema | None:
     """The table's columns as the registry declares them, then the lake's own; None when the registry
     leaves the columns to the files (they show with the first materialization)."""
@@ -63,7 +72,7 @@ def registry_column_schema(table: TableConfig) -> TableSchema | None:
     return TableSchema(columns=[
         *(TableColumn(c.name, iceberg_type_name(c.type), column_description(table, c.name, c.description),
                       _constraints(table, c.name), _tags(table, c.name)) for c in table.columns),
-        *(TableColumn(name, typ, text) for name, typ, text in lake_columns(table)),
+        *_LAKE_TABLE_COLUMNS[table.mode],
     ])
 
 
@@ -111,6 +120,8 @@ def data_version(tbl: Table | None) -> DataVersion:
     """The table's data version: the newest snapshot that changed its rows, and its schema. A merge
     that commits nothing (no pending files), or only ignored late changes, keeps it, so nothing
     downstream is stale or rebuilt for it."""
+    from lake_assets.core.cdc.iceberg import lake_snapshots
+
     if tbl is None:
         return DataVersion("empty")
     changed = next((s for s in lake_snapshots(tbl) if _changes_data(s)), None)

@@ -112,12 +112,12 @@ def test_a_check_run_alone_evaluates_the_table_as_it_is(shop):
     land(lake, load_file_name(1), [{"order_id": 1, "total": Decimal("1.00")}, {"order_id": 2, "total": Decimal("2.00")}], cdc=False)
     run(defs, instance)
     land(lake, cdc_file_name(T0), [{"Op": "I", "order_id": 3, "total": Decimal("3.00")}])  # lands, not merged by the check
-    wanted = {dg.AssetCheckKey(ORDERS, "unique_primary_key"), dg.AssetCheckKey(ORDERS, "no_failed_files")}
+    wanted = {dg.AssetCheckKey(ORDERS, "unique_primary_key"), dg.AssetCheckKey(ORDERS, "ledger_reconciled")}
     result = run(defs, instance, checks_only=wanted)
     assert result.success
     assert not result.get_asset_materialization_events()
     found = evaluations(result)
-    assert set(found) == {"unique_primary_key", "no_failed_files"} and all(e.passed for e in found.values())
+    assert set(found) == {"unique_primary_key", "ledger_reconciled"} and all(e.passed for e in found.values())
     assert found["unique_primary_key"].metadata["rows"].value == 2  # the table as it is: the new file waits
     assert lake.env.ledger.status_counts("shop.orders")["landed"] == 1
 
@@ -138,10 +138,10 @@ def test_a_merge_with_nothing_pending_keeps_the_data_version(shop):
 def test_failed_and_quarantined_files_fail_a_check_with_files_and_reasons(shop):
     lake, defs, instance = shop
     land(lake, load_file_name(1), [{"order_id": 1, "total": Decimal("1.00")}], cdc=False)
-    assert evaluations(run(defs, instance))["no_failed_files"].passed
+    assert evaluations(run(defs, instance))["ledger_reconciled"].passed
     bad = write_raw(lake.landing / "shop" / "app" / "orders" / f"{cdc_file_name(T0)}.parquet", b"PAR1 not parquet")
     result = run(defs, instance)
-    check = evaluations(result)["no_failed_files"]
+    check = evaluations(result)["ledger_reconciled"]
     key = bad.relative_to(lake.landing).as_posix()
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert check.metadata["failed_files"].value == 1 and key in check.metadata["files"].value
@@ -150,13 +150,13 @@ def test_failed_and_quarantined_files_fail_a_check_with_files_and_reasons(shop):
 
     lake.env.ledger.retry_failed("shop.orders")
     bad.unlink()  # a retry of a file that is gone fails again: still red
-    assert not evaluations(run(defs, instance))["no_failed_files"].passed
+    assert not evaluations(run(defs, instance))["ledger_reconciled"].passed
 
 
 def test_a_file_whose_rows_are_all_quarantined_warns(shop):
     lake, defs, instance = shop
     land(lake, load_file_name(1), [{"order_id": None, "total": Decimal("1.00")}], cdc=False)  # null key: quarantined
-    check = evaluations(run(defs, instance))["no_failed_files"]
+    check = evaluations(run(defs, instance))["ledger_reconciled"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["quarantined_files"].value == 1 and "quarantined" in check.metadata["files"].value
 
@@ -232,3 +232,12 @@ def test_the_landing_sensor_waits_in_its_tick_for_a_file_about_to_settle(shop, m
     land(lake, load_file_name(1), [{"order_id": 1, "total": Decimal("1.00")}], cdc=False)
     result = build_landing_sensor(lake.registry)(dg.build_sensor_context(instance=instance, resources={"lake": LakeResource()}))
     assert [r.asset_selection for r in result.run_requests] == [[ORDERS]]  # recorded in this tick, not the next
+
+
+def test_the_lake_columns_are_named_as_the_pipeline_names_them():
+    from lake_assets import table_metadata
+    from lake_assets.core.cdc import batch, pipeline
+
+    assert (table_metadata.SEQ, table_metadata.FILE) == (batch.SEQ, batch.FILE)
+    assert (table_metadata.LAKE_OP, table_metadata.BATCH, table_metadata.INGESTED_AT, table_metadata.LAKE_ROW) == \
+        (pipeline.LAKE_OP, pipeline.BATCH, pipeline.INGESTED_AT, pipeline.LAKE_ROW)

@@ -41,8 +41,7 @@ def test_asset_specs_follow_the_registry(tmp_path):
     assert node.group_name == "shop"
     assert "iceberg" in node.kinds
     assert node.pools == {"merge_shop"}  # one merge op per source, serialized by its pool
-    assert {c.name for c in node.check_keys} == {"unique_primary_key", "ledger_reconciled", "quarantine_rate",
-                                                 "no_failed_files", "freshness"}
+    assert {c.name for c in node.check_keys} == {"unique_primary_key", "ledger_reconciled", "quarantine_rate", "freshness"}
     assert node.parent_keys == {AssetKey(["landing", "shop", "orders"])}
     landing = graph.get(AssetKey(["landing", "shop", "orders"]))
     assert landing.is_observable and not landing.is_materializable and landing.group_name == "shop"

@@ -24,7 +24,7 @@ from resources.lake import LakeResource
 from tests.lakehelpers import make_lake
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKS = ["freshness", "ledger_reconciled", "no_failed_files", "quarantine_rate", "unique_primary_key"]
+CHECKS = ["freshness", "ledger_reconciled", "quarantine_rate", "unique_primary_key"]
 OWNERS = ["data-platform@example.com"]
 TRAVEL = "lake_assets/sources/travel.yaml"
 LAKE_COLUMNS = "_lake_seq string, _lake_op string, _lake_batch_id string, _lake_ingested_at timestamptz"

@@ -184,12 +184,12 @@ def test_a_corrupt_file_fails_a_check(ui):
     write_raw(ui.home / "landing" / key, b"PAR1 truncated, not parquet")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # the landing sensor records it and runs ingest_travel
-        executions = ui.check_executions(PROMOTIONS, "no_failed_files")
+        executions = ui.check_executions(PROMOTIONS, "ledger_reconciled")
         if executions and executions[0]["evaluation"] and not executions[0]["evaluation"]["success"]:
             break
         time.sleep(0.5)
     else:
-        pytest.fail("no failed no_failed_files evaluation for the corrupt file")
+        pytest.fail("no failed ledger_reconciled evaluation for the corrupt file")
     evaluation = executions[0]["evaluation"]
     assert evaluation["severity"] == "ERROR"
     entries = {e["label"]: e for e in evaluation["metadataEntries"]}
