@@ -4,9 +4,8 @@ PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export LAKE_HOME
-export DAGSTER_HOME := $(LAKE_HOME)/dagster
 
-.PHONY: setup demo lint test test-fast ui bench clean
+.PHONY: setup demo lint test test-fast ui bench bench-latency clean
 
 $(VENV)/.installed: pyproject.toml scripts/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +14,9 @@ $(VENV)/.installed: pyproject.toml scripts/install_system_deps.sh
 	bash scripts/install_system_deps.sh
 	touch $@
 
+# The lake's Dagster instance ($DAGSTER_HOME, default $LAKE_HOME/dagster) gets this checkout's dagster.yaml.
 setup: $(VENV)/.installed
-	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@$(PY) -m lake_assets.instance >/dev/null
 
 ## One command: install, then run the demo source through every layer on the local lake.
 demo: setup
@@ -35,9 +35,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not spark" --ignore=tests/test_crash_recovery.py
 
-## The Dagster UI on http://127.0.0.1:3000 (sensors and schedules run by themselves).
+## The Dagster UI on http://127.0.0.1:3000 (sensors and schedules run by themselves), launched from
+## the instance directory where Dagster reads dagster.yaml (lake_assets/dev.py).
+UI_PORT ?= 3000
 ui: setup
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(PY) -m lake_assets.dev --host 127.0.0.1 --port $(UI_PORT)
+
+## Seconds from a landed file to its source-aligned and consumer tables, through the real daemon.
+bench-latency: setup
+	$(PY) bench/latency.py
 
 bench: setup
 	$(PY) bench/merge.py

@@ -2,27 +2,28 @@
 
     python -m demo [--reset] [--rounds N]
 
-Each round lands files as a DMS task would, records them as the landing sensor does, materializes
-the source-aligned assets through Dagster (runs show in the UI), then builds the dbt layers and checks
-the lake against the source's true final state.
+Each round lands files as a DMS task would, records them as the landing sensor does, runs the
+`ingest_travel` job in the lake's Dagster instance (the runs show in `make ui`), then runs the
+`dbt_layers` job and checks the lake against the source's true final state.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
 from decimal import Decimal
 
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import DagsterEventType
 
 from demo.generate import generate_travel
 from lake_assets.core.deployment import local_environment
 from lake_assets.core.registry import load_registry
 from lake_assets.core.settings import current_settings
 from lake_assets.ingest import format_row, ingest
+from lake_assets.instance import lake_instance
+from lake_assets.jobs import DBT_JOB, execute_in_process
 
 
 def _say(msg: str) -> None:
@@ -71,7 +72,6 @@ def main(argv=None) -> int:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    os.environ.setdefault("DAGSTER_HOME", str(current_settings().dagster_home))
     from lake_assets.definitions import build_definitions
 
     started = time.perf_counter()
@@ -79,9 +79,7 @@ def main(argv=None) -> int:
     registry = load_registry()
     defs = build_definitions(registry, with_dbt=not args.skip_dbt)
     ok = True
-    instance = DagsterInstance.get()
-    assets = list(defs.assets)
-    resources = dict(defs.resources)
+    instance = lake_instance()
 
     _say(f"lake home: {home}\ngenerating the travel-booking source (DMS format) ...")
     source = generate_travel(home / "demo_source", cdc_rounds=args.rounds)
@@ -101,13 +99,11 @@ def main(argv=None) -> int:
 
     if not args.skip_dbt:
         _say("\nbuilding the aggregated and consumer-aligned layers (dbt, target local) ...")
-        source_keys = {AssetKey(t.asset_key_path) for t in registry.tables}
-        dbt_keys = [a_key for a in assets for a_key in getattr(a, "keys", []) if a_key not in source_keys]
-        result = materialize(assets, selection=dbt_keys, instance=instance, resources=resources,
-                             tags={"lake/trigger": "demo"}, raise_on_error=False)
-        _say(f"  {len(result.get_asset_materialization_events())} dbt models materialized"
-             + ("" if result.success else " (with failures; see the Dagster UI)"))
-        ok &= result.success
+        job = defs.resolve_job_def(DBT_JOB)
+        success, events = execute_in_process(job, instance, sorted(job.asset_layer.executable_asset_keys), {"lake/trigger": "demo"})
+        built = sum(1 for e in events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION)
+        _say(f"  {built} dbt models materialized" + ("" if success else " (with failures; see the Dagster UI)"))
+        ok &= success
         from demo.dbt_report import empty_consumer_datasets, print_consumer_samples
 
         print_consumer_samples(home)

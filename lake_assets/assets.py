@@ -1,18 +1,20 @@
 """Source-aligned assets: one asset per registry table, one merge op per source.
 
-Each table is its own asset (own key, checks, metadata; materializable alone), but the tables of a
-source share one subsettable op: 3,000 tables make ~30 ops, so definitions load in seconds and every
-step process does not rebuild 3,000 op definitions. The op's pool serializes a source's merges, which
-also serializes each table's; one table's failure is reported after the others have merged."""
+Each table is its own asset (own key, checks, metadata; materializable alone), downstream of its
+landing folder (`landing/<source>/<table>`), but the tables of a source share one subsettable op:
+3,000 tables make ~30 ops, so definitions load in seconds and every step process does not rebuild
+3,000 op definitions. The op's pool serializes a source's merges, which also serializes each
+table's; one table's failure is reported after the others have merged. A run that selects only
+checks (the UI's "Execute" on a check) merges nothing: the checks are evaluated on the table as it is.
+"""
 
 
-import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 from dagster import (
+    AssetCheckKey,
     AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
@@ -21,18 +23,18 @@ from dagster import (
     MetadataValue,
     multi_asset,
 )
-from pyiceberg.exceptions import NoSuchTableError
 
-from lake_assets.core.cdc.iceberg import committed_batches
-from lake_assets.core.cdc.runner import MergeOptions, merge_pending
+from lake_assets.checks import check_specs, evaluate
 from lake_assets.core.naming import source_pool
 from lake_assets.core.registry import Registry, TableConfig
+from lake_assets.landing_assets import landing_asset_key, observations
+from lake_assets.table_metadata import data_version, registry_column_schema, table_metadata
 from resources.lake import LakeResource
 
+if TYPE_CHECKING:
+    from lake_assets.core.cdc.runner import MergeOptions
+
 LAKE_RESOURCE, SPARK_RESOURCE = "lake", "spark"
-UNIQUE_KEYS = "unique_primary_key"
-LEDGER_RECONCILED = "ledger_reconciled"
-QUARANTINE_RATE = "quarantine_rate"
 
 
 # Run tags rather than a Config class: building a config schema per asset costs seconds at 3,000 tables.
@@ -47,8 +49,10 @@ def _tag_names(tags: dict, tag: str, table: TableConfig) -> bool:
     return value == "true" or table.identifier in {v.strip() for v in value.split(",")}
 
 
-def merge_options(tags: dict, table: TableConfig, settings=None) -> MergeOptions:
+def merge_options(tags: dict, table: TableConfig, settings=None) -> "MergeOptions":
     """The merge options a run's tags ask for this table (the lock wait from the settings)."""
+    from lake_assets.core.cdc.runner import MergeOptions
+
     return MergeOptions(
         lock_wait_seconds=settings.lock_wait_seconds if settings is not None else MergeOptions.lock_wait_seconds,
         retry_failed=tags.get(RETRY_FAILED_TAG, "false").lower() == "true",
@@ -58,17 +62,11 @@ def merge_options(tags: dict, table: TableConfig, settings=None) -> MergeOptions
     )
 
 
-def _check_specs(key: AssetKey, table: TableConfig) -> list[AssetCheckSpec]:
-    return [
-        AssetCheckSpec(UNIQUE_KEYS, asset=key, description=f"No two rows share ({', '.join(table.primary_key)})"),
-        AssetCheckSpec(LEDGER_RECONCILED, asset=key, description="Every file the ledger calls committed is in a snapshot's file list, and none is stuck processing"),
-        AssetCheckSpec(QUARANTINE_RATE, asset=key, description=f"Quarantined rows stay under {table.quarantine_max_rate:.1%} of rows read"),
-    ]
-
-
 def _spec(table: TableConfig) -> AssetSpec:
+    schema = registry_column_schema(table)
     return AssetSpec(
         key=AssetKey(table.asset_key_path),
+        deps=[landing_asset_key(table)],
         group_name=table.source,
         kinds={"iceberg", "spark" if table.engine == "spark" else "duckdb"},
         description=table.description or f"{table.schema}.{table.source_table} of {table.source}, merged from CDC",
@@ -80,9 +78,19 @@ def _spec(table: TableConfig) -> AssetSpec:
             "sequence_by": table.sequence_by or "(file, row)",
             "landing_prefix": table.landing_prefix,
             "registry_file": table.config_file,
+            # TableMetadataSet's keys, spelled out: constructing the set for each of 3,000 tables is slow.
+            "dagster/table_name": table.identifier,
+            **({"dagster/column_schema": schema} if schema is not None else {}),
         },
         skippable=True,  # a table that fails yields nothing; the others still materialize
     )
+
+
+def _checks_by_asset(keys: set[AssetCheckKey]) -> dict[AssetKey, set[str]]:
+    out: dict[AssetKey, set[str]] = {}
+    for k in keys:
+        out.setdefault(k.asset_key, set()).add(k.name)
+    return out
 
 
 def build_source_assets(source: str, tables: list[TableConfig]):
@@ -91,25 +99,32 @@ def build_source_assets(source: str, tables: list[TableConfig]):
     @multi_asset(
         name=f"merge_{source}",
         specs=[_spec(t) for t in tables],
-        check_specs=[c for t in tables for c in _check_specs(AssetKey(t.asset_key_path), t)],
+        check_specs=[c for t in tables for c in check_specs(AssetKey(t.asset_key_path), t)],
         can_subset=True,
         pool=source_pool(source),
         # The Spark resource only where a table of the source asks for it (it costs its imports).
         required_resource_keys={LAKE_RESOURCE} | ({SPARK_RESOURCE} if any(t.engine == "spark" for t in tables) else set()),
     )
-    def _merge(context: AssetExecutionContext):
+    def _merge(context: AssetExecutionContext) -> Iterator[MaterializeResult | AssetCheckResult]:
         lake: LakeResource = getattr(context.resources, LAKE_RESOURCE)
-        failures = []
+        checks = _checks_by_asset(set(context.selected_asset_check_keys))
+        failures, touched = [], []
         for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
             table = by_key[key]
+            names = checks.pop(key, set())
+            touched.append(table)
             try:
-                materialized = merge_table(context, table, lake)
-                if materialized is not None:
-                    yield materialized
+                yield merge_table(context, table, lake, names)
             except Failure as e:
                 description = e.description or f"{table.identifier}: {e}"  # a Failure may come without one
                 context.log.error(description)
                 failures.append(description)
+                yield from evaluate(table, lake, names)  # its checks still say what is wrong
+        # Checks selected without their table (the UI's Execute on a check): the table as it is, nothing merged.
+        for key, names in sorted(checks.items(), key=lambda kv: kv[0].to_user_string()):
+            yield from evaluate(by_key[key], lake, names)
+        for event in observations(touched, lake.ledger):  # statuses changed: failed, committed, pending
+            context.log_event(event)
         if failures:
             raise Failure(description=f"{len(failures)} of {len(context.selected_asset_keys)} tables failed; the others merged:\n"
                           + "\n".join(failures))
@@ -127,7 +142,16 @@ def engine_for(table: TableConfig, context):
     return context.resources.spark.engine_for(context)
 
 
-def merge_table(context, table: TableConfig, lake: LakeResource):
+def merge_table(context, table: TableConfig, lake: LakeResource, checks: set[str]) -> MaterializeResult:
+    """Merge the table's pending files; its materialization, with the checks `checks` evaluated after.
+
+    A merge with nothing to do still materializes (its runs show what happened) but keeps the data
+    version, the table's newest snapshot that changed data: nothing downstream turns stale or rebuilds."""
+    # The merge machinery (pyiceberg, DuckDB) is imported by runs, not to load the definitions.
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from lake_assets.core.cdc.runner import merge_pending
+
     engine = engine_for(table, context)
     tags = context.run.tags if context.run else {}
     try:
@@ -139,7 +163,6 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
         raise Failure(description=f"{table.identifier}: {e}", metadata={"table": table.identifier}) from e
     if run.busy:
         context.log.warning(f"{table.identifier}: {run.busy}; its files are merged by that run or the next one")
-        return None
     for note in run.notes:
         context.log.info(note)
     results = run.results
@@ -164,10 +187,14 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
         )
     for reason in failed.values():  # each reason names its file
         context.log.error(f"{table.identifier}: file failed and stays retryable: {reason}")
-    if not results:
-        context.log.info(f"{table.identifier}: no pending files; nothing changed")
+    if not results and not run.busy:
+        context.log.info(f"{table.identifier}: no pending files; nothing changed (data version kept)")
 
-    metadata: dict[str, MetadataValue] = {k: MetadataValue.int(v) for k, v in totals.items()}
+    try:
+        tbl = lake.catalog.load_table(table.identifier)
+    except NoSuchTableError:
+        tbl = None
+    metadata: dict[str, Any] = {k: MetadataValue.int(v) for k, v in totals.items()}
     metadata["failed_files"] = MetadataValue.int(len(failed))
     if failed:
         metadata["failures"] = MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failed.items()))
@@ -176,52 +203,15 @@ def merge_table(context, table: TableConfig, lake: LakeResource):
         metadata["reload"] = MetadataValue.text("; ".join(r.reload_reason or "reload" for r in results if r.reload))
     if schema_changes:
         metadata["schema_changes"] = MetadataValue.md("\n".join(f"- {c}" for c in schema_changes))
+    if run.busy:
+        metadata["busy"] = MetadataValue.text(run.busy)
+    metadata["batches"] = MetadataValue.int(len(results))
+    metadata |= table_metadata(tbl, table.identifier, table=table)
     if snapshot is not None:
         metadata["snapshot_id"] = MetadataValue.text(str(snapshot))
-    metadata["batches"] = MetadataValue.int(len(results))
-    return MaterializeResult(asset_key=AssetKey(table.asset_key_path), metadata=metadata,
-                             check_results=run_checks(table, lake, totals))
-
-
-def run_checks(table: TableConfig, lake: LakeResource, totals: dict[str, int]) -> list[AssetCheckResult]:
-    key = AssetKey(table.asset_key_path)
-    try:
-        tbl = lake.catalog.load_table(table.identifier)
-    except NoSuchTableError:
-        tbl = None
-    results = []
-    if tbl is not None and table.mode == "current":
-        keys = tbl.scan(selected_fields=table.primary_key).to_arrow()
-        con = duckdb.connect()
-        con.register("k", keys)
-        cols = ", ".join(f'"{k}"' for k in table.primary_key)
-        dupes = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchall()[0][0]
-        con.close()
-        results.append(AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=dupes == 0,
-                                        metadata={"duplicate_keys": dupes, "rows": keys.num_rows}))
-    else:
-        results.append(AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=True, metadata={"note": "history mode or no table yet"}))
-
-    committed_files: set[str] = set()
-    if tbl is not None:
-        for summary in committed_batches(tbl).values():
-            committed_files.update(json.loads(summary.get("lake.files", "[]")))
-    ledger_committed = {e.key for e in lake.ledger.entries(table.identifier, "committed")}
-    ledger_committed |= {e.key for e in lake.ledger.entries(table.identifier, "quarantined")}
-    missing = sorted(ledger_committed - committed_files)
-    stuck = lake.ledger.status_counts(table.identifier)["processing"]
-    results.append(AssetCheckResult(
-        asset_key=key, check_name=LEDGER_RECONCILED, passed=not missing and stuck == 0,
-        metadata={"committed_files": len(ledger_committed), "missing_from_snapshots": len(missing),
-                  "stuck_processing": stuck, "examples": ", ".join(missing[:5]) or "-"},
-    ))
-    rate = totals["quarantined"] / totals["rows_read"] if totals["rows_read"] else 0.0
-    results.append(AssetCheckResult(
-        asset_key=key, check_name=QUARANTINE_RATE, passed=rate <= table.quarantine_max_rate, severity=AssetCheckSeverity.ERROR,
-        metadata={"quarantined": totals["quarantined"], "rows_read": totals["rows_read"], "rate": float(rate),
-                  "max_rate": table.quarantine_max_rate},
-    ))
-    return results
+    merged_rows = (totals["rows_read"], totals["quarantined"]) if results else None
+    return MaterializeResult(asset_key=AssetKey(table.asset_key_path), metadata=metadata, data_version=data_version(tbl),
+                             check_results=evaluate(table, lake, checks, merged_rows=merged_rows))
 
 
 def source_aligned_assets(registry: Registry) -> list:

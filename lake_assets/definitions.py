@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import AssetKey, AssetSpec, Definitions, MetadataValue, definitions, multiprocess_executor
+from dagster import AssetKey, AssetSpec, Definitions, MetadataValue, definitions, in_process_executor
 
 from lake_assets.assets import source_aligned_assets
+from lake_assets.core.dbt_codegen import sources_read_by_models
 from lake_assets.core.registry import Registry, load_registry
 from lake_assets.core.settings import LakeSettings, current_settings
+from lake_assets.jobs import ingest_jobs
+from lake_assets.landing_assets import landing_assets
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor
 from resources.lake import LakeResource
@@ -108,19 +111,43 @@ def lake_resources(registry: Registry, settings: LakeSettings) -> dict:
 def _build_definitions(registry: Registry, with_dbt: bool, settings: LakeSettings) -> Definitions:
     for error in registry.errors:
         log.error("registry file %s is invalid; its tables are not loaded, the other sources are:\n%s", error.path, error.message)
+    jobs = ingest_jobs(registry)
+    resources = lake_resources(registry, settings)
+    lake_resource = resources["lake"]
     core = Definitions(
-        assets=[*source_aligned_assets(registry), *registry_error_specs(registry)],
-        sensors=[build_landing_sensor(registry, running=settings.automation_running)],
-        schedules=build_refresh_schedules(registry, running=settings.automation_running),
-        resources=lake_resources(registry, settings),
-        # Two cores here: two merges at a time; one table's failure does not stop the others.
-        executor=multiprocess_executor.configured({"max_concurrent": 2}),
+        assets=[*landing_assets(registry.by_source()), *source_aligned_assets(registry), *registry_error_specs(registry)],
+        jobs=list(jobs.values()),
+        sensors=[build_landing_sensor(registry, running=settings.automation_running, jobs=jobs)],
+        schedules=build_refresh_schedules(registry, running=settings.automation_running, jobs=jobs),
+        resources=resources,
+        # Every run in one process (the UI's materializations, automation's dbt runs too): a step
+        # subprocess costs seconds to start, merges are per source and runs go in parallel.
+        executor=in_process_executor,
     )
     if not with_dbt:
         return core
+    missing = sorted(sources_read_by_models() - {t.source for t in registry.tables})
+    if missing:
+        # Not parsed (its generated sources would be rewritten without them): the lake's own sources load.
+        log.warning("the dbt layers read source(s) %s, which this lake's registry does not have; they are not loaded "
+                    "(the built-in demo source comes with LAKE_BUILTIN_SOURCES=true)", ", ".join(missing))
+        return Definitions.merge(core, Definitions(assets=[dbt_not_loaded_spec(missing)]))
     from lake_assets.dbt_assets import dbt_definitions  # dagster-dbt costs seconds to import
 
-    return Definitions.merge(core, dbt_definitions(settings))
+    return Definitions.merge(core, dbt_definitions(settings, registry, lake=lake_resource))
+
+
+def dbt_not_loaded_spec(missing: list[str]) -> AssetSpec:
+    """Shown in group `registry_errors`: why the dbt layers are absent from the code location."""
+    return AssetSpec(
+        key=AssetKey(["registry", "dbt_layers"]),
+        group_name=REGISTRY_ERRORS_GROUP,
+        description=(f"The dbt project's models read source(s) {', '.join(missing)}, which are not in this lake's table "
+                     "registry, so the aggregated and consumer layers are not loaded. Add the source(s) to a registry "
+                     "directory (LAKE_SOURCES_DIR), set LAKE_BUILTIN_SOURCES=true for the demo's, or change the models."),
+        metadata={"missing_sources": MetadataValue.text(", ".join(missing))},
+        tags={"lake/registry_error": "true"},
+    )
 
 
 @definitions

@@ -3,9 +3,11 @@
     python -m lake_assets.ingest [--retry-failed] [--reload SOURCE.TABLE ...] [--rebuild SOURCE.TABLE ...]
 
 Records new landing files in the ledger and materializes every source-aligned asset with pending files
-through Dagster (runs appear in the UI when DAGSTER_HOME is set). It prints, per table, what the
-merge did, then every failed file, failed check and failed table, and exits 1 when there is any
-(or when a registry file is invalid): a run that quarantined everything never looks like a success.
+through Dagster: one run of `ingest_<source>` per source, in the lake's Dagster instance (the settings'
+`dagster_home`, $LAKE_HOME/dagster), so the runs show in `make ui` and can be re-executed there. Works
+from any directory. It prints, per table, what the merge did, then every failed file, failed check and
+failed table, and exits 1 when there is any (or when a registry file is invalid): a run that
+quarantined everything never looks like a success.
 
 --reload: the table's next batch with full-load (LOAD*) files replaces its contents.
 --rebuild: drop the table and its sidecars and merge every landed file of it again (after a
@@ -15,18 +17,20 @@ registry change of primary key, mode, partitioning or sequence_by, which is refu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Set
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetCheckSeverity, AssetKey, DagsterEvent, DagsterEventType, DagsterInstance
 
 from lake_assets.assets import REBUILD_TAG, RELOAD_TAG, RETRY_FAILED_TAG
 from lake_assets.core.arrivals import ArrivalReport, record_arrivals
 from lake_assets.core.deployment import LakeEnvironment, environment_from_env
+from lake_assets.core.naming import ingest_job_name
 from lake_assets.core.settings import current_settings
+from lake_assets.jobs import execute_in_process
 
 
 @dataclass
@@ -35,6 +39,7 @@ class IngestOutcome:
     metadata: dict[str, dict]  # asset key -> materialization metadata
     success: bool
     failed_checks: list[str] = field(default_factory=list)  # "<asset key> <check>: <why>"
+    warned_checks: list[str] = field(default_factory=list)  # failed with severity WARN: shown, not a failure
     failed_tables: list[str] = field(default_factory=list)  # the failure each failed table reported
     registry_errors: list[str] = field(default_factory=list)
 
@@ -59,50 +64,57 @@ def _named(values: list[str], registry) -> set[str]:
     return set(values)
 
 
-def ingest(env: LakeEnvironment, defs, registry, instance=None, retry_failed: bool = False,
+def ingest(env: LakeEnvironment, defs, registry, instance: DagsterInstance | None = None, retry_failed: bool = False,
            reload: Set[str] = frozenset(), rebuild: Set[str] = frozenset(), settle_seconds: float = 0.0) -> IngestOutcome:
+    """Record arrivals, then run `ingest_<source>` for each source with tables to merge, selecting
+    those tables (`instance`: where the runs are recorded; None: a throwaway one)."""
     report = record_arrivals(env.landing, env.ledger, registry, settle_seconds=settle_seconds)
     if report.settling and report.settled_at:
         # A one-shot command: wait (once) for files that are still being written, rather than leave them.
         time.sleep(max(0.0, report.settled_at - time.time()) + 0.05)
-        report = _combined(report, record_arrivals(env.landing, env.ledger, registry, settle_seconds=settle_seconds))
+        report = report.add(record_arrivals(env.landing, env.ledger, registry, settle_seconds=settle_seconds))
     errors = [e.message for e in getattr(registry, "errors", ())]
     pending = env.ledger.tables_with_pending()
     tables = [t for t in registry.tables if t.identifier in pending or retry_failed or t.identifier in reload | rebuild]
-    if not tables:
-        return IngestOutcome(report, {}, True, registry_errors=errors)
-    keys = [AssetKey(t.asset_key_path) for t in tables]
+    outcome = IngestOutcome(report, {}, True, registry_errors=errors)
     tags = {"lake/trigger": "ingest", RETRY_FAILED_TAG: str(retry_failed).lower()}
     if reload:
         tags[RELOAD_TAG] = ",".join(sorted(reload))
     if rebuild:
         tags[REBUILD_TAG] = ",".join(sorted(rebuild))
-    result = materialize(list(defs.assets), selection=keys, instance=instance, resources=dict(defs.resources),
-                         tags=tags, raise_on_error=False)
-    md = {
-        ev.materialization.asset_key.to_user_string(): {k: v.value for k, v in ev.materialization.metadata.items()}
-        for ev in result.get_asset_materialization_events()
-    }
-    failed_checks = [
-        f"{ev.asset_key.to_user_string()} {ev.check_name}: "
-        + ", ".join(f"{k} {v.value}" for k, v in ev.metadata.items() if k in ("duplicate_keys", "rate", "max_rate", "missing_from_snapshots", "stuck_processing", "examples"))
-        for ev in result.get_asset_check_evaluations() if not ev.passed
-    ]
-    failed_tables = [ev.step_failure_data.error.message.strip() if ev.step_failure_data.error else str(ev.event_specific_data)
-                     for ev in result.get_step_failure_events()]
-    return IngestOutcome(report, md, result.success, failed_checks, failed_tables, errors)
+    by_source: dict[str, list[AssetKey]] = {}
+    for t in tables:
+        by_source.setdefault(t.source, []).append(AssetKey(t.asset_key_path))
+    with ExitStack() as stack:
+        runs_in = instance or stack.enter_context(DagsterInstance.ephemeral())
+        for source, keys in by_source.items():
+            success, events = execute_in_process(defs.resolve_job_def(ingest_job_name(source)), runs_in, keys, tags)
+            outcome.success &= success
+            _collect(outcome, events)
+    return outcome
 
 
-def _combined(a: ArrivalReport, b: ArrivalReport) -> ArrivalReport:
-    for table, n in b.recorded.items():
-        a.recorded[table] = a.recorded.get(table, 0) + n
-    a.unroutable += b.unroutable
-    a.content_duplicates += b.content_duplicates
-    a.identical += b.identical
-    a.rerouted += b.rerouted
-    a.settling = b.settling
-    a.settled_at = b.settled_at
-    return a
+def _collect(outcome: IngestOutcome, events: list[DagsterEvent]) -> None:
+    """What a run's events say: each table's materialization, failed checks, failed tables."""
+    for ev in events:
+        if ev.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            mat = ev.step_materialization_data.materialization
+            outcome.metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+        elif ev.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            check = ev.asset_check_evaluation_data
+            if not check.passed:
+                line = f"{check.asset_key.to_user_string()} {check.check_name}: " + ", ".join(
+                    f"{k} {v.value}" for k, v in check.metadata.items() if k in _CHECK_FIGURES)
+                warned = check.severity == AssetCheckSeverity.WARN
+                (outcome.warned_checks if warned else outcome.failed_checks).append(line)
+        elif ev.event_type == DagsterEventType.STEP_FAILURE:
+            error = ev.step_failure_data.error
+            outcome.failed_tables.append(error.message.strip() if error else str(ev.event_specific_data))
+
+
+# What a failed check's line shows (the rest is in its metadata in the UI).
+_CHECK_FIGURES = ("duplicate_keys", "rate", "max_rate", "missing_from_snapshots", "stuck_processing", "examples",
+                  "failed_files", "quarantined_files", "oldest_unmerged_file_landed_at")
 
 
 def format_row(key: str, md: dict) -> str:
@@ -131,6 +143,8 @@ def print_outcome(out: IngestOutcome, say=print) -> None:
         say(f"  FAILED FILE {reason}")
     for check in out.failed_checks:
         say(f"  FAILED CHECK {check}")
+    for check in out.warned_checks:
+        say(f"  WARNING {check}")
     for failure in out.failed_tables:
         say(f"  FAILED {failure}")
     if not out.ok:
@@ -146,14 +160,15 @@ def main(argv=None) -> int:
     # Source-aligned assets only: neither dagster-dbt nor the dbt manifest is touched here.
     from lake_assets.core.registry import load_registry
     from lake_assets.definitions import build_definitions, gc_paused
+    from lake_assets.instance import lake_instance
 
     with gc_paused(freeze=True):  # the registry and definitions live as long as the command
         registry = load_registry()
         defs = build_definitions(registry, with_dbt=False)
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
-    out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed,
-                 reload=_named(args.reload, registry), rebuild=_named(args.rebuild, registry),
-                 settle_seconds=current_settings().settle_seconds)
+    with lake_instance() as instance:  # the one `make ui` shows
+        out = ingest(environment_from_env(), defs, registry, instance, args.retry_failed,
+                     reload=_named(args.reload, registry), rebuild=_named(args.rebuild, registry),
+                     settle_seconds=current_settings().settle_seconds)
     print_outcome(out)
     return 0 if out.ok else 1
 

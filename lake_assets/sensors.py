@@ -1,12 +1,16 @@
-"""Sensors: the landing sensor records arrivals in the ledger and asks for merges of on-arrival tables."""
+"""Sensors: the landing sensor records arrivals in the ledger, reports what landed, asks for merges
+of on-arrival tables (one run of `ingest_<source>` per source) and turns a table's freshness check
+red or green as it falls behind its landing zone or catches up."""
 
 
 import datetime as dt
+import hashlib
 import json
+import time
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetKey,
-    AssetSelection,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -14,36 +18,57 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from lake_assets.core.arrivals import record_arrivals
-from lake_assets.core.registry import Registry
+from lake_assets.checks import FRESHNESS, freshness
+from lake_assets.core.naming import ingest_job_name
+from lake_assets.core.registry import Registry, TableConfig
+from lake_assets.landing_assets import observations
 from resources.lake import LakeResource
 
 MAX_FILES_PER_TICK = 20_000  # sensors time out at 60 s; the rest is picked up next tick
 STALLED_AFTER = dt.timedelta(minutes=15)  # a claimed batch unfinished this long: its run died; resume it
+# The sensor daemon wakes every 5 s and ticks a sensor whose interval has passed since its last tick
+# *started*: an interval of 5 would miss every other wake-up (a tick every 10 s), so ask for 1.
+SENSOR_INTERVAL_SECONDS = 1
+# A file that settles within this many seconds of a tick is waited for in the tick, not the next one.
+SETTLE_WAIT_SECONDS = 6.0
 
 
-def build_landing_sensor(registry: Registry, *, running: bool = True):
+def build_landing_sensor(registry: Registry, *, running: bool = True, jobs: dict[str, UnresolvedAssetJobDefinition] | None = None):
+    """`jobs`: source -> its ingest job (default: built here, as the definitions do)."""
     tables = {t.identifier: t for t in registry.tables}
-    selection = AssetSelection.assets(*[AssetKey(t.asset_key_path) for t in registry.tables])
+    if jobs is None:
+        from lake_assets.jobs import ingest_jobs
+
+        jobs = ingest_jobs(registry)
 
     @sensor(
         name="landing_sensor",
-        minimum_interval_seconds=30,
-        target=selection,
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        jobs=list(jobs.values()),
         default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
-        description="Records new landing-zone files in the ledger and requests merges of on-arrival tables",
+        description="Records new landing-zone files in the ledger, reports them on the landing assets, requests merges "
+                    "of on-arrival tables and keeps each table's freshness check current",
     )
     def landing_sensor(context: SensorEvaluationContext, lake: LakeResource):
-        report = record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK,
-                                 settle_seconds=lake.settings.settle_seconds)
+        from lake_assets.core.arrivals import record_arrivals  # the file readers: imported by ticks, not the definitions
+
+        settle = lake.settings.settle_seconds
+        report = record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK, settle_seconds=settle)
+        wait = (report.settled_at - time.time()) if report.settling and report.settled_at else None
+        if wait is not None and wait <= SETTLE_WAIT_SECONDS and not report.remaining:
+            # Files still being written settle within seconds: record them in this tick, not the next.
+            time.sleep(max(0.0, wait) + 0.05)
+            report = report.add(record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK,
+                                                settle_seconds=settle))
         for error in registry.errors:  # a broken registry file stops its own source only: say so every tick
             context.log.error(f"invalid registry file, its source is not ingested: {error.message}")
         for _key, reason in report.unroutable[:20]:  # each reason names its file
             context.log.warning(f"unroutable file, recorded as failed: {reason}")
         if report.settling:
             context.log.info(f"{report.settling} files are still being written (changed in the last "
-                             f"{lake.settings.settle_seconds:g} s); a later tick reads them")
+                             f"{settle:g} s); a later tick reads them")
         pending = lake.ledger.tables_with_pending()
         on_arrival = sorted(t for t in pending if t in tables and tables[t].refresh == "on_arrival")
         cursor = json.loads(context.cursor) if context.cursor else {}
@@ -62,21 +87,64 @@ def build_landing_sensor(registry: Registry, *, running: bool = True):
                 fresh.append(t)
                 marks[t] = marks.get(t) or f"resume-{batch}"
         resumed |= stalled
+
+        landed = [tables[t] for t in sorted(report.recorded) if t in tables]
+        events: list = observations(landed, lake.ledger)  # what landed, on the landing assets
+        was_stale = set(cursor.get("stale", []))
+        stale, flipped = freshness_changes(tables, lake, was_stale)
+        events += flipped
         new_cursor = json.dumps({"pending_marks": {**last_ids, **marks}, "last_recorded": report.total,
-                                 "duplicates": report.duplicates, "resumed": resumed})
+                                 "duplicates": report.duplicates, "resumed": resumed, "stale": sorted(stale)})
         context.log.info(
             f"landing {lake.landing.describe()}: {report.total} new files "
             f"({len(report.unroutable)} unroutable, {report.identical} identical re-deliveries ignored, "
             f"{len(report.content_duplicates)} duplicates of other files, "
-            f"{report.rerouted} re-routed); tables pending: {len(pending)}"
+            f"{report.rerouted} re-routed); tables pending: {len(pending)}; behind their landing zone: {len(stale)}"
         )
         if not fresh:
-            return SensorResult(skip_reason=SkipReason("no new files for on-arrival tables"), cursor=new_cursor)
-        run_key = "arrivals-" + "-".join(f"{t}:{marks[t]}" for t in fresh)
+            return SensorResult(skip_reason=SkipReason("no new files for on-arrival tables"), cursor=new_cursor,
+                                asset_events=events)
+        by_source: dict[str, list[str]] = {}
+        for t in sorted(fresh):
+            by_source.setdefault(tables[t].source, []).append(t)
         return SensorResult(
-            run_requests=[RunRequest(run_key=run_key[:240], asset_selection=[AssetKey(tables[t].asset_key_path) for t in fresh],
-                                     tags={"lake/trigger": "landing_sensor"})],
+            run_requests=[
+                RunRequest(run_key=_run_key(source, [f"{t}:{marks[t]}" for t in ids]), job_name=ingest_job_name(source),
+                           asset_selection=[AssetKey(tables[t].asset_key_path) for t in ids],
+                           tags={"lake/trigger": "landing_sensor"})
+                for source, ids in sorted(by_source.items())
+            ],
             cursor=new_cursor,
+            asset_events=events,
         )
 
     return landing_sensor
+
+
+def _run_key(source: str, marks: list[str]) -> str:
+    """One request per source and set of new files: idempotent (the same files never merge twice
+    from one sensor), short even for thousands of tables."""
+    text = "-".join(marks)
+    key = f"arrivals-{source}-{text}"
+    return key if len(key) <= 200 else f"arrivals-{source}-{len(marks)}-tables-{hashlib.sha1(text.encode()).hexdigest()}"
+
+
+def freshness_changes(tables: dict[str, TableConfig], lake: LakeResource, was_stale: set[str],
+                      now: dt.datetime | None = None) -> tuple[set[str], list[AssetCheckEvaluation]]:
+    """Tables behind their landing zone now, and a freshness evaluation for each table that fell
+    behind or caught up since the last tick (3,000 fresh tables cost one query and no event)."""
+    now = now or dt.datetime.now(dt.UTC)
+    oldest = lake.ledger.oldest_pending()
+    stale = {t for t, since in oldest.items() if t in tables and not freshness(tables[t], since, now=now).passed}
+    changed = sorted((stale - was_stale) | {t for t in was_stale - stale if t in tables})
+    details = lake.ledger.table_files(changed) if changed else {}
+    events = []
+    for t in changed:
+        files = details.get(t)
+        result = freshness(tables[t], oldest.get(t), newest_arrival=files.newest_arrival if files else None,
+                           last_merged_at=files.last_merged_at if files else None, now=now)
+        events.append(AssetCheckEvaluation(
+            asset_key=AssetKey(tables[t].asset_key_path), check_name=FRESHNESS, passed=result.passed, metadata=result.metadata,
+            description=None if result.passed else f"{t}: landed files wait for their merge longer than its cadence allows",
+        ))
+    return stale, events

@@ -7,14 +7,18 @@ assets and sensors never branch on the environment.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
-from pyiceberg.catalog import Catalog
 
-from lake_assets.core.deployment import LakeEnvironment, open_lake
-from lake_assets.core.landing import LandingZone
-from lake_assets.core.ledger import FileLedger
 from lake_assets.core.settings import LakeSettings, current_settings
+
+if TYPE_CHECKING:  # the deployment (pyiceberg, SQLAlchemy: 0.7 s) is imported when first opened, not to load definitions
+    from pyiceberg.catalog import Catalog
+
+    from lake_assets.core.deployment import LakeEnvironment
+    from lake_assets.core.landing import LandingZone
+    from lake_assets.core.ledger import FileLedger
 
 
 class LakeResource(ConfigurableResource):
@@ -26,6 +30,8 @@ class LakeResource(ConfigurableResource):
 
     @cached_property
     def _env(self) -> LakeEnvironment:
+        from lake_assets.core.deployment import open_lake
+
         return open_lake(self.settings)
 
     @property

@@ -1,10 +1,13 @@
-"""The Dagster layer: asset specs from the registry, the landing sensor, and isolated table failures."""
+"""The Dagster layer: asset specs from the registry, landing assets upstream of every table, the
+landing sensor (named jobs, observations, freshness), checks that run alone, merges with nothing to do,
+failed files that fail a check, and isolated table failures."""
 
 from __future__ import annotations
 
 import json
 
-from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
+from dagster import AssetKey, AssetObservation, DagsterInstance, build_sensor_context, materialize
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file, write_raw
 from lake_assets.definitions import build_definitions
@@ -38,10 +41,12 @@ def test_asset_specs_follow_the_registry(tmp_path):
     assert node.group_name == "shop"
     assert "iceberg" in node.kinds
     assert node.pools == {"merge_shop"}  # one merge op per source, serialized by its pool
-    checks = {c.name for c in graph.get_check_keys_for_assets([node.key])} if hasattr(graph, "get_check_keys_for_assets") else None
-    if checks is not None:
-        assert checks == {"unique_primary_key", "ledger_reconciled", "quarantine_rate"}
-    assert [s.name for s in defs.schedules] == ["refresh_10"]
+    assert {c.name for c in node.check_keys} == {"unique_primary_key", "ledger_reconciled", "quarantine_rate", "freshness"}
+    assert node.parent_keys == {AssetKey(["landing", "shop", "orders"])}
+    landing = graph.get(AssetKey(["landing", "shop", "orders"]))
+    assert landing.is_observable and not landing.is_materializable and landing.group_name == "shop"
+    assert [s.name for s in defs.schedules] == ["refresh_shop_10"]
+    assert {j.name for j in defs.jobs} == {"ingest_shop", "ingest_travel"}
 
 
 def test_landing_sensor_records_and_requests_only_new_arrivals(tmp_path, monkeypatch):
@@ -57,8 +62,16 @@ def test_landing_sensor_records_and_requests_only_new_arrivals(tmp_path, monkeyp
         result = sensor(ctx)
         assert len(result.run_requests) == 1
         req = result.run_requests[0]
-        # refunds is refreshed by its schedule, orders on arrival
+        # refunds is refreshed by its schedule, orders on arrival; by the source's named job
         assert req.asset_selection == [AssetKey(["source_aligned", "shop", "orders"])]
+        assert req.job_name == "ingest_shop"
+        # What landed shows on the landing assets: both tables, the bad name under orders' folder.
+        observed = {e.asset_key.to_user_string(): e for e in result.asset_events if isinstance(e, AssetObservation)}
+        assert set(observed) == {"landing/shop/orders", "landing/shop/refunds"}
+        orders = {k: v.value for k, v in observed["landing/shop/orders"].metadata.items()}
+        assert (orders["files_landed"], orders["pending"], orders["unroutable"], orders["failed"]) == (1, 1, 1, 0)
+        assert orders["bytes_landed"] > 0 and orders["newest_arrival"] != "-"
+        version = observed["landing/shop/orders"].tags[DATA_VERSION_TAG]
         cursor = result.cursor
         failed = lake.env.ledger.entries(status="failed")
         assert [e.key for e in failed] == ["shop/app/orders/notes.txt"]
@@ -66,11 +79,14 @@ def test_landing_sensor_records_and_requests_only_new_arrivals(tmp_path, monkeyp
 
         again = sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource()}))
         assert not again.run_requests  # nothing new: no second request for the same files
+        assert not again.asset_events  # nor a second report of them
         write_dms_file(folder / "orders" / cdc_file_name(__import__("datetime").datetime(2026, 11, 21, 10)),
                        [{"Op": "U", "order_id": 1, "total": 10.0}], [("order_id", "long"), ("total", "double")], cdc=True)
         third = sensor(build_sensor_context(instance=instance, cursor=again.cursor, resources={"lake": LakeResource()}))
         assert len(third.run_requests) == 1 and third.run_requests[0].run_key != req.run_key
         assert json.loads(third.cursor)["last_recorded"] == 1
+        [landed] = third.asset_events
+        assert landed.asset_key == AssetKey(["landing", "shop", "orders"]) and landed.tags[DATA_VERSION_TAG] != version
 
 
 def test_one_table_failing_does_not_stop_the_others(tmp_path, monkeypatch):

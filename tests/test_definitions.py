@@ -18,42 +18,77 @@ import pytest
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
 from lake_assets.core.arrivals import record_arrivals
 from lake_assets.core.registry import BUILTIN_SOURCES_DIR, load_registry
+from lake_assets.core.settings import current_settings
 from lake_assets.definitions import REGISTRY_ERRORS_GROUP, build_definitions
 from resources.lake import LakeResource
 from tests.lakehelpers import make_lake
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKS = ["ledger_reconciled", "quarantine_rate", "unique_primary_key"]
+CHECKS = ["freshness", "ledger_reconciled", "quarantine_rate", "unique_primary_key"]
 OWNERS = ["data-platform@example.com"]
 TRAVEL = "lake_assets/sources/travel.yaml"
+LAKE_COLUMNS = "_lake_seq string, _lake_op string, _lake_batch_id string, _lake_ingested_at timestamptz"
 
 
-def _spec(table, schema, folder, mode, pk, seq, description):
+def _spec(table, schema, folder, mode, pk, seq, description, columns):
+    lake_columns = LAKE_COLUMNS + (", _lake_file string, _lake_row long" if mode == "history" else "")
     return {
         "group": "travel", "kinds": ["duckdb", "iceberg"], "op": "merge_travel", "pools": ["merge_travel"],
         "owners": OWNERS, "checks": CHECKS, "tags": {"lake/engine": "inprocess", "lake/mode": mode},
-        "description": description,
+        "description": description, "deps": [f"landing/travel/{table}"],
         "metadata": {"iceberg_table": f"travel.{table}", "primary_key": pk, "sequence_by": seq,
-                     "landing_prefix": f"travel/{schema}/{folder}/", "registry_file": TRAVEL},
+                     "landing_prefix": f"travel/{schema}/{folder}/", "registry_file": TRAVEL,
+                     "dagster/table_name": f"travel.{table}", "dagster/column_schema": f"{columns}, {lake_columns}"},
+    }
+
+
+def _landing(table, schema, folder, fmt="parquet"):
+    return {
+        "group": "travel", "kinds": [fmt], "op": "observe_landing_travel", "pools": [], "owners": OWNERS, "checks": [],
+        "tags": {}, "deps": [],
+        "description": f"Files landed for travel.{table} under travel/{schema}/{folder}/ (AWS DMS layout), as the ledger records them",
+        "metadata": {"format": fmt, "landing_prefix": f"travel/{schema}/{folder}/"},
     }
 
 
 # The demo registry as the asset catalog shows it. Change it together with travel.yaml or the factory.
 DEMO_SNAPSHOT = {
+    "landing/travel/booking_status_history": _landing("booking_status_history", "booking", "bookings_audit"),
+    "landing/travel/bookings": _landing("bookings", "booking", "bookings"),
+    "landing/travel/customers": _landing("customers", "booking", "customers"),
+    "landing/travel/hotels": _landing("hotels", "booking", "hotels"),
+    "landing/travel/payments": _landing("payments", "billing", "payments", "csv"),
+    "landing/travel/promotions": _landing("promotions", "booking", "promotions"),
     "source_aligned/travel/booking_status_history": _spec(
         "booking_status_history", "booking", "bookings_audit", "history", "audit_id", "(file, row)",
-        "Every status change of a booking (append-only history of the bookings_audit table)."),
+        "Every status change of a booking (append-only history of the bookings_audit table).",
+        "audit_id long, booking_id long, old_status string, new_status string, changed_at timestamp"),
     "source_aligned/travel/bookings": _spec(
-        "bookings", "booking", "bookings", "current", "booking_id", "change_seq", "Hotel bookings (current state)."),
+        "bookings", "booking", "bookings", "current", "booking_id", "change_seq", "Hotel bookings (current state).",
+        "change_seq long, booking_id long, customer_id long, hotel_id long, promotion_id long, check_in date, check_out date, "
+        "nights int, amount decimal(12, 2), currency string, status string, created_at timestamp, updated_at timestamp"),
     "source_aligned/travel/customers": _spec(
-        "customers", "booking", "customers", "current", "customer_id", "change_seq", "Customer accounts (current state)."),
+        "customers", "booking", "customers", "current", "customer_id", "change_seq", "Customer accounts (current state).",
+        "change_seq long, customer_id long, first_name string, last_name string, email string, phone string, "
+        "date_of_birth date, country string, marketing_opt_in boolean, created_at timestamp, updated_at timestamp"),
     "source_aligned/travel/hotels": _spec(
-        "hotels", "booking", "hotels", "current", "hotel_id", "(file, row)", "Hotels on sale (current state)."),
+        "hotels", "booking", "hotels", "current", "hotel_id", "(file, row)", "Hotels on sale (current state).",
+        "hotel_id long, name string, city string, country string, region string, stars int, rooms int, created_at timestamp"),
     "source_aligned/travel/payments": _spec(
-        "payments", "billing", "payments", "current", "payment_id", "(file, row)", "Payments for bookings (current state)."),
+        "payments", "billing", "payments", "current", "payment_id", "(file, row)", "Payments for bookings (current state).",
+        "payment_id long, booking_id long, amount decimal(12, 2), currency string, method string, card_number string, "
+        "region string, status string, paid_at timestamp"),
     "source_aligned/travel/promotions": _spec(
-        "promotions", "booking", "promotions", "current", "promotion_id", "(file, row)", "Discount codes (current state)."),
+        "promotions", "booking", "promotions", "current", "promotion_id", "(file, row)", "Discount codes (current state).",
+        "promotion_id long, code string, discount_pct decimal(5, 2), region string, valid_from date, valid_to date"),
 }
+
+
+def _value(v):
+    v = getattr(v, "value", v)
+    if isinstance(v, dg.TableSchema):  # as the snapshot spells it: "name type, ..."
+        return ", ".join(f"{c.name} {c.type}" for c in v.columns)
+    return v
 
 
 def snapshot(defs: dg.Definitions) -> dict[str, dict]:
@@ -61,7 +96,7 @@ def snapshot(defs: dg.Definitions) -> dict[str, dict]:
     out = {}
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
-        metadata = {k: getattr(v, "value", v) for k, v in node.metadata.items()}
+        metadata = {k: _value(v) for k, v in node.metadata.items()}
         if "registry_file" in metadata:
             metadata["registry_file"] = Path(metadata["registry_file"]).relative_to(REPO).as_posix()
         out[key.to_user_string()] = {
@@ -73,6 +108,7 @@ def snapshot(defs: dg.Definitions) -> dict[str, dict]:
             "checks": sorted(c.name for c in node.check_keys),
             "tags": {k: v for k, v in node.tags.items() if not k.startswith("dagster/kind/")},
             "description": node.description,
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "metadata": metadata,
         }
     return out
@@ -89,11 +125,19 @@ def test_demo_registry_asset_specs_snapshot():
     defs = build_definitions(load_registry([BUILTIN_SOURCES_DIR]), with_dbt=False)
     assert snapshot(defs) == DEMO_SNAPSHOT
     graph = defs.resolve_asset_graph()
-    assert all(graph.get(dg.AssetKey(k.split("/"))).is_materializable for k in DEMO_SNAPSHOT)
-    (op,) = {graph.get(dg.AssetKey(k.split("/"))).assets_def for k in DEMO_SNAPSHOT}
+    tables = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith("source_aligned/")]
+    landing = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith("landing/")]
+    assert all(graph.get(k).is_materializable for k in tables)
+    assert all(graph.get(k).is_observable and not graph.get(k).is_materializable for k in landing)
+    (op,) = {graph.get(k).assets_def for k in tables}
     assert op.can_subset  # one op per source, any table materializable alone
+    (observe,) = {graph.get(k).assets_def for k in landing}
+    assert observe.can_subset
     assert [s.name for s in defs.sensors] == ["landing_sensor"] and list(defs.schedules) == []
     assert sorted(defs.resources) == ["lake"]  # no table of the demo asks for Spark
+    assert [j.name for j in defs.jobs] == ["ingest_travel"]
+    (sensor,) = defs.sensors
+    assert [t.job_name for t in sensor.targets] == ["ingest_travel"]  # it runs the named job, never an anonymous one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +174,8 @@ def test_refresh_schedules_request_only_tables_with_pending_files(tmp_path, monk
     defs = build_definitions(lake.registry, with_dbt=False)
     schedules = {s.name: s for s in defs.schedules}
     assert {n: s.cron_schedule for n, s in schedules.items()} == {
-        "refresh_0_6_mon_fri": "0 6 * * MON-FRI", "refresh_10": "*/10 * * * *"}  # none for on_arrival
+        "refresh_shop_0_6_mon_fri": "0 6 * * MON-FRI", "refresh_shop_10": "*/10 * * * *"}  # none for on_arrival
+    assert {s.job_name for s in schedules.values()} == {"ingest_shop"}  # the source's named job
 
     write_dms_file(lake.landing / "shop" / "app" / "orders" / load_file_name(1), [{"order_id": 1, "total": 9.5}],
                    [("order_id", "long"), ("total", "double")], cdc=False)
@@ -142,10 +187,10 @@ def test_refresh_schedules_request_only_tables_with_pending_files(tmp_path, monk
         def tick(name):
             return schedules[name](dg.build_schedule_context(instance=instance, resources={"lake": LakeResource()}))
 
-        ten = tick("refresh_10")
+        ten = tick("refresh_shop_10")
         assert isinstance(ten, dg.RunRequest)
         assert ten.asset_selection == [dg.AssetKey(["source_aligned", "shop", "orders"])]  # refunds has nothing pending
-        daily = tick("refresh_0_6_mon_fri")
+        daily = tick("refresh_shop_0_6_mon_fri")
         assert isinstance(daily, dg.SkipReason) and "no pending files" in daily.skip_message
 
 
@@ -182,7 +227,7 @@ def test_a_broken_registry_file_leaves_the_other_sources_and_shows_its_error(tmp
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"source_aligned/shop/orders", *DEMO_SNAPSHOT} <= keys
     assert not any(k.startswith("source_aligned/crm/") for k in keys)
-    assert [s.name for s in defs.schedules] == ["refresh_10"]
+    assert [s.name for s in defs.schedules] == ["refresh_shop_10"]
 
     node = graph.get(dg.AssetKey(["registry", "crm"]))
     assert node.group_name == REGISTRY_ERRORS_GROUP and not node.is_materializable and not node.is_executable
@@ -247,6 +292,7 @@ def test_the_code_location_loads_with_a_broken_registry_file(tmp_path, monkeypat
     (sources / "crm.yaml").write_text(textwrap.dedent(BROKEN))
     (sources / "shop.yaml").write_text(textwrap.dedent(SHOP))
     monkeypatch.setenv("LAKE_SOURCES_DIR", str(sources))
+    monkeypatch.setenv("LAKE_BUILTIN_SOURCES", "true")  # and the demo's, which the dbt models read
     from lake_assets.definitions import code_location, defs
 
     code_location.cache_clear()  # built once per process; this test wants its own registry
@@ -257,6 +303,52 @@ def test_the_code_location_loads_with_a_broken_registry_file(tmp_path, monkeypat
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"source_aligned/shop/orders", "registry/crm", "aggregated/promotion_uptake", *DEMO_SNAPSHOT} <= keys
     assert graph.get(dg.AssetKey(["registry", "crm"])).group_name == REGISTRY_ERRORS_GROUP
+
+
+def test_a_lake_holds_only_its_own_sources_unless_asked(tmp_path, monkeypatch):
+    """LAKE_SOURCES_DIR replaces the built-in demo source; the dbt layers, built on the demo's
+    tables, are then absent (and say why) instead of failing the code location."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "shop.yaml").write_text(textwrap.dedent(SHOP))
+    monkeypatch.setenv("LAKE_SOURCES_DIR", str(sources))
+    assert {t.source for t in load_registry().tables} == {"shop"}
+    defs = build_definitions()
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"landing/shop/orders", "source_aligned/shop/orders", "registry/dbt_layers"}
+    node = defs.resolve_asset_graph().get(dg.AssetKey(["registry", "dbt_layers"]))
+    assert "travel" in node.description and node.group_name == REGISTRY_ERRORS_GROUP
+    monkeypatch.setenv("LAKE_BUILTIN_SOURCES", "true")
+    current_settings.cache_clear()
+    assert {t.source for t in load_registry().tables} == {"shop", "travel"}
+    monkeypatch.delenv("LAKE_SOURCES_DIR")
+    monkeypatch.delenv("LAKE_BUILTIN_SOURCES")
+    current_settings.cache_clear()
+    assert {t.source for t in load_registry().tables} == {"travel"}  # no directory given: the demo
+
+
+def test_the_instance_config_is_where_dagster_reads_it(tmp_path, monkeypatch):
+    """`make ui` runs dagster dev from $DAGSTER_HOME with the repository's dagster.yaml written there
+    (Dagster warns about a dagster.yaml in any other current folder); the ingest command opens the
+    same instance, and a user's own dagster.yaml there is left alone."""
+    from lake_assets.dev import dev_command
+    from lake_assets.instance import lake_instance, prepare_dagster_home
+
+    home = tmp_path / "lake"
+    monkeypatch.setenv("LAKE_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", "")  # unset for the lake's settings; restored after what lake_instance sets
+    current_settings.cache_clear()
+    argv, env, cwd = dev_command("127.0.0.1", 3999)
+    assert cwd == home / "dagster" and env["DAGSTER_HOME"] == str(cwd)
+    assert (cwd / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
+    assert argv[1:] == ["dev", "-h", "127.0.0.1", "-p", "3999", "-w", str(REPO / "workspace.yaml")]
+    with lake_instance() as instance:
+        assert Path(instance.root_directory) == cwd
+        assert type(instance.run_launcher).__name__ == "WarmProcessRunLauncher"
+    (cwd / "dagster.yaml").write_text("telemetry: {enabled: false}\n")  # the user's own
+    prepare_dagster_home()
+    assert (cwd / "dagster.yaml").read_text() == "telemetry: {enabled: false}\n"
+    assert "location_name: lake" in (REPO / "workspace.yaml").read_text()
 
 
 def test_dagster_loads_the_workspace_once_with_a_broken_file(tmp_path):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
 from lake_assets.core.deployment import REPO_ROOT, CatalogBusyError, LakeSqlCatalog, local_catalog
@@ -49,11 +50,13 @@ def land(home: Path, name: str, rows: list[dict], *, load: bool = False) -> Path
     return write_dms_file(home / "landing" / "shop" / "app" / "orders" / name, rows, COLUMNS, cdc=not load)
 
 
-def ingest(home: Path, sdir: Path, *args: str, timeout: float = 300, **env_extra) -> subprocess.CompletedProcess:
+def ingest(home: Path, sdir: Path, *args: str, timeout: float = 300, cwd: Path = REPO_ROOT,
+           **env_extra) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "LAKE_FAILPOINT")}
     env |= {"LAKE_HOME": str(home), "LAKE_SOURCES_DIR": str(sdir), "LAKE_ENV": "local", "PYTHONWARNINGS": "ignore",
-            "LAKE_SETTLE_SECONDS": "0", **env_extra}
-    return subprocess.run([sys.executable, "-m", "lake_assets.ingest", *args], cwd=REPO_ROOT, env=env,
+            "LAKE_SETTLE_SECONDS": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            **env_extra}
+    return subprocess.run([sys.executable, "-m", "lake_assets.ingest", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -67,6 +70,24 @@ def test_a_clean_ingest_exits_zero(tmp_path):
     out = ingest(home, sdir)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert "FAILED" not in out.stdout and rows(home) == [(1, 10)]
+
+
+def test_its_runs_are_the_lakes_from_any_directory(tmp_path, monkeypatch):
+    """Started outside the checkout, with no DAGSTER_HOME: the runs are `ingest_shop` runs of code
+    location `lake` in $LAKE_HOME/dagster, the instance `make ui` shows (and re-executes them from)."""
+    home, sdir = lake(tmp_path)
+    land(home, load_file_name(1), [{"id": 1, "amount": 10, "seq": None}], load=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = ingest(home, sdir, cwd=elsewhere)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert rows(home) == [(1, 10)]
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    with DagsterInstance.get() as instance:
+        [run] = instance.get_runs()
+    assert run.job_name == "ingest_shop" and run.status == DagsterRunStatus.SUCCESS
+    assert run.remote_job_origin.location_name == "lake"  # what the UI's Re-execute looks the job up by
+    assert run.asset_selection == {AssetKey(["source_aligned", "shop", "orders"])}
 
 
 def test_every_row_quarantined_is_a_failed_check_and_a_non_zero_exit(tmp_path):

@@ -30,6 +30,18 @@ class ArrivalReport:
     def total(self) -> int:
         return sum(self.recorded.values()) + len(self.unroutable)
 
+    def add(self, later: ArrivalReport) -> ArrivalReport:
+        """This report followed by a later call's (the settling files it waited for)."""
+        for table, n in later.recorded.items():
+            self.recorded[table] = self.recorded.get(table, 0) + n
+        self.unroutable += later.unroutable
+        self.content_duplicates += later.content_duplicates
+        self.identical += later.identical
+        self.rerouted += later.rerouted
+        self.remaining = later.remaining
+        self.settling, self.settled_at = later.settling, later.settled_at
+        return self
+
     @property
     def duplicates(self) -> int:
         """Deliveries not merged again because their content is already recorded (identical

@@ -13,6 +13,7 @@ Dagster's prepare_manifest all run this.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -71,6 +72,18 @@ class Plan:
 
     def __bool__(self) -> bool:
         return bool(self.write or self.delete)
+
+
+_SOURCE_CALL = re.compile(r"""\bsource\(\s*['"]([a-z][a-z0-9_]*)['"]""")
+
+
+def sources_read_by_models(project_dir: Path = DBT_PROJECT_DIR) -> set[str]:
+    """The registry sources the project's models read (`source('<source>', ...)` in their SQL):
+    without every one of them in the registry, the dbt project does not parse."""
+    found: set[str] = set()
+    for path in (project_dir / "models").rglob("*.sql"):
+        found.update(_SOURCE_CALL.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return found
 
 
 def is_generated(text: str) -> bool:

@@ -61,7 +61,8 @@ def registry_file_label(config_file: str) -> str:
         return path.as_posix()
 
 
-def _column_description(table: TableConfig, name: str, description: str | None) -> str | None:
+def column_description(table: TableConfig, name: str, description: str | None) -> str | None:
+    """A registry column's description with what the registry says of it (key, sequence, PII)."""
     notes = []
     if name in table.primary_key:
         notes.append("Primary key" if len(table.primary_key) == 1 else "Part of the primary key")
@@ -79,7 +80,7 @@ def _column_description(table: TableConfig, name: str, description: str | None) 
 
 def _column(table: TableConfig, column: ColumnSpec) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": column.name, "data_type": sql_type(column.type)}
-    description = _column_description(table, column.name, column.description)
+    description = column_description(table, column.name, column.description)
     if description:
         entry["description"] = description
     config: dict[str, Any] = {}

@@ -96,6 +96,20 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class TableFiles:
+    """What the ledger holds for one table's landing folder: every file recorded, by status."""
+
+    table_id: str
+    files: int  # recorded files of any status
+    bytes: int
+    by_status: dict[str, int]
+    newest_id: int  # changes whenever a file lands: the landing's version
+    newest_arrival: str  # ISO time the newest file was recorded
+    oldest_pending_arrival: str | None  # oldest file landed or processing (not merged yet)
+    last_merged_at: str | None  # newest file that a merge finished (committed or quarantined)
+
+
+@dataclass(frozen=True)
 class LockHolder:
     owner: str
     host: str
@@ -121,6 +135,8 @@ class FileLedger(Protocol):
     def tables_with_pending(self) -> dict[str, int]: ...
     def stalled_batches(self, older_than: dt.timedelta) -> dict[str, str]: ...
     def newest_landed(self) -> dict[str, int]: ...
+    def table_files(self, table_ids: Iterable[str] | None = None) -> dict[str, TableFiles]: ...
+    def oldest_pending(self) -> dict[str, str]: ...
     def request_reload(self, table_id: str, requested_by: str) -> None: ...
     def reload_requested(self, table_id: str) -> bool: ...
     def clear_reload(self, table_id: str) -> None: ...
@@ -555,6 +571,50 @@ class SqlFileLedger:
             return dict(cur.fetchall())
 
         return self._run("listing newest landed files", run, write=False)
+
+    def oldest_pending(self) -> dict[str, str]:
+        """table id -> arrival (ISO) of its oldest file not merged yet (landed or processing): how long
+        the table has been behind its landing zone. Tables with nothing pending are absent."""
+
+        def run(cur):
+            self._exec(cur, "SELECT table_id, min(arrived_at) FROM landed_files WHERE status IN (?, ?) AND table_id IS NOT NULL "
+                            "GROUP BY table_id", (LANDED, PROCESSING))
+            return dict(cur.fetchall())
+
+        return self._run("listing the oldest pending files", run, write=False)
+
+    def table_files(self, table_ids: Iterable[str] | None = None) -> dict[str, TableFiles]:
+        """table id -> what is recorded for it (default: every table with a file), in one query."""
+        wanted = None if table_ids is None else sorted(set(table_ids))
+        if wanted == []:
+            return {}
+
+        def run(cur):
+            where = "table_id IS NOT NULL"
+            if wanted is not None:
+                where += f" AND table_id IN ({', '.join('?' * len(wanted))})"
+            self._exec(cur, "SELECT table_id, status, count(*), sum(size), max(id), max(arrived_at), min(arrived_at), "
+                            f"max(updated_at) FROM landed_files WHERE {where} GROUP BY table_id, status", wanted or ())
+            return cur.fetchall()
+
+        groups: dict[str, list[tuple]] = {}
+        for row in self._run("summarizing landed files", run, write=False):
+            groups.setdefault(row[0], []).append(row[1:])
+        out = {}
+        for table_id, rows in groups.items():
+            pending = [r[5] for r in rows if r[0] in (LANDED, PROCESSING)]
+            merged = [r[6] for r in rows if r[0] in (COMMITTED, QUARANTINED)]
+            out[table_id] = TableFiles(
+                table_id=table_id,
+                files=sum(r[1] for r in rows),
+                bytes=sum(int(r[2] or 0) for r in rows),
+                by_status={st: 0 for st in STATUSES} | {r[0]: r[1] for r in rows},
+                newest_id=max(r[3] for r in rows),
+                newest_arrival=max(r[4] for r in rows),
+                oldest_pending_arrival=min(pending) if pending else None,
+                last_merged_at=max(merged) if merged else None,
+            )
+        return out
 
     def stalled_batches(self, older_than: dt.timedelta) -> dict[str, str]:
         """table id -> batch id of batches claimed longer ago than older_than and never finished

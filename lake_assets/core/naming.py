@@ -28,6 +28,16 @@ def source_aligned_key(source: str, table: str) -> list[str]:
     return ["source_aligned", source, table]
 
 
+def landing_key(source: str, table: str) -> list[str]:
+    """The landing-zone files of a table: an observable asset upstream of its source-aligned table."""
+    return ["landing", source, table]
+
+
+def ingest_job_name(source: str) -> str:
+    """The named job that merges a source's tables (sensor, schedules, ingest command, demo)."""
+    return f"ingest_{source}"
+
+
 def table_identifier(source: str, table: str) -> str:
     return f"{source}.{table}"
 

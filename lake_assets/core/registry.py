@@ -567,10 +567,12 @@ def _write_cache(path: Path, version: str, files: dict[str, tuple[str, _FileResu
 
 
 def source_dirs() -> list[Path]:
-    """The built-in sources, then the settings' LAKE_SOURCES_DIR directories."""
+    """The settings' registry directories: LAKE_SOURCES_DIR's, preceded by the built-in one (the
+    demo source) when LAKE_SOURCES_DIR is unset or LAKE_BUILTIN_SOURCES=true."""
     from lake_assets.core.settings import current_settings
 
-    return [BUILTIN_SOURCES_DIR, *current_settings().sources_dirs]
+    settings = current_settings()
+    return [*([BUILTIN_SOURCES_DIR] if settings.builtin_sources else []), *settings.sources_dirs]
 
 
 def _source_files(dirs: list[Path], errors: list[RegistryFileError]) -> list[Path]:

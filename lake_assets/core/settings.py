@@ -58,7 +58,12 @@ class SparkSettings(_Frozen):
 class LakeSettings(_Frozen):
     env: Literal["local", "aws"] = "local"
     home: Path  # local lake: landing, warehouse, catalog.db, ledger.db, Dagster home, caches
-    sources_dirs: tuple[Path, ...] = ()  # registry directories besides the built-in one
+    sources_dirs: tuple[Path, ...] = ()  # the user's registry directories (LAKE_SOURCES_DIR)
+    # The built-in registry directory (the demo's `travel` source): used when no LAKE_SOURCES_DIR is
+    # given, and beside them only when asked (LAKE_BUILTIN_SOURCES=true), so a user's lake holds only
+    # the user's sources.
+    builtin_sources: bool = True
+    dagster_home_dir: Path | None = None  # DAGSTER_HOME when set; else <home>/dagster
     settle_seconds: float = Field(default=5.0, ge=0)  # a local file is read once unchanged this long
     lock_wait_seconds: float = Field(default=120.0, ge=0)  # wait for another merge of the same table
     aws: AwsSettings | None = None
@@ -84,7 +89,9 @@ class LakeSettings(_Frozen):
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        """The lake's Dagster instance (run history, sensor cursors): what `make ui`, the ingest
+        command and the demo all use, so their runs show in the same UI."""
+        return self.dagster_home_dir or self.home / "dagster"
 
     @property
     def cache_dir(self) -> Path:
@@ -126,6 +133,16 @@ class LakeSettings(_Frozen):
             except ValueError:
                 raise SettingsError(f"{name}={raw!r}: expected a number of seconds") from None
 
+        def flag(name: str, default: bool) -> bool:
+            raw = (e.get(name) or "").strip().lower()
+            if not raw:
+                return default
+            if raw in ("1", "true", "yes", "on"):
+                return True
+            if raw in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name}={e.get(name)!r}: expected true or false")
+
         def need(name: str) -> str:
             v = e.get(name)
             if not v:
@@ -152,12 +169,15 @@ class LakeSettings(_Frozen):
             emr_jobs_uri=e.get("LAKE_EMR_JOBS_URI") or None,
             emr_log_group=e.get("LAKE_EMR_LOG_GROUP") or "/aws/emr-serverless/lake",
         )
-        sources = tuple(Path(p) for p in (e.get("LAKE_SOURCES_DIR") or "").split(os.pathsep) if p)
+        # Relative directories are taken from where the user launched, like LAKE_HOME.
+        sources = tuple(resolve_home(p, e) for p in (e.get("LAKE_SOURCES_DIR") or "").split(os.pathsep) if p)
         try:
             return cls(
                 env=env,
                 home=resolve_home(e.get("LAKE_HOME"), e),
                 sources_dirs=sources,
+                builtin_sources=flag("LAKE_BUILTIN_SOURCES", not sources),
+                dagster_home_dir=resolve_home(e["DAGSTER_HOME"], e) if e.get("DAGSTER_HOME") else None,
                 # S3 objects are complete when listed; a local file may still be being written.
                 settle_seconds=number("LAKE_SETTLE_SECONDS", 5.0 if env == "local" else 0.0),
                 lock_wait_seconds=number("LAKE_LOCK_WAIT_SECONDS", 120.0),
@@ -179,6 +199,8 @@ class LakeSettings(_Frozen):
         }
         if self.sources_dirs:
             out["LAKE_SOURCES_DIR"] = os.pathsep.join(str(p) for p in self.sources_dirs)
+        out["LAKE_BUILTIN_SOURCES"] = str(self.builtin_sources).lower()
+        out["DAGSTER_HOME"] = str(self.dagster_home)
         if self.aws is not None:
             out |= {"AWS_REGION": self.aws.region, "LAKE_WAREHOUSE_URI": self.aws.warehouse_uri,
                     "LAKE_LANDING_BUCKET": self.aws.landing_bucket, "LAKE_LANDING_PREFIX": self.aws.landing_prefix}
@@ -188,8 +210,9 @@ class LakeSettings(_Frozen):
 
 
 def resolve_home(value: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """LAKE_HOME: default `<repo>/.lake`. A relative value is taken relative to the directory the user
-    launched from ($PWD), not to a child's working directory (dbt runs in the dbt project)."""
+    """LAKE_HOME (or another directory setting): default `<repo>/.lake`. A relative value is taken
+    relative to the directory the user launched from ($PWD), not to a child's working directory
+    (dbt runs in the dbt project, the Dagster UI in its instance directory)."""
     e = os.environ if environ is None else environ
     if not value:
         return (REPO_ROOT / ".lake").resolve()

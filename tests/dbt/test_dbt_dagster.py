@@ -11,7 +11,9 @@ import pytest
 
 from lake_assets.core import governance
 from lake_assets.core.registry import load_registry
+from lake_assets.core.settings import current_settings
 from lake_assets.dbt_assets import dbt_definitions, dbt_executable, dbt_resource
+from resources.lake import LakeResource
 
 from dbt_lake_fixture import create_source_tables, lake_catalog
 
@@ -86,6 +88,33 @@ def test_dbt_tests_are_asset_checks(defs):
     assert any(n.startswith("lake_masked") for n in by_asset[dg.AssetKey(["consumer", "finance", "payments"])])
 
 
+def test_models_read_well_in_the_catalog(defs):
+    """Descriptions are the models' own (no generated SQL), every model has owners (dbt meta, the
+    policy's consumer owner, else the owners of the registry tables it reads), its Iceberg
+    identifier, and short described checks."""
+    graph = defs.resolve_asset_graph()
+    models = [k for k in graph.get_all_asset_keys() if graph.get(k).is_materializable]
+    for key in models:
+        node = graph.get(key)
+        assert "Raw SQL" not in node.description and "select" not in node.description.lower(), key
+        assert node.owners, key
+        namespace = "aggregated" if key.path[0] == "aggregated" else f"consumer_{key.path[1]}"
+        assert node.metadata["dagster/table_name"] == f"{namespace}.{key.path[-1]}"  # not memory.<schema>.<table>
+    assert graph.get(dg.AssetKey(["aggregated", "promotion_uptake"])).owners == ["data-platform@example.com"]  # travel.yaml
+    assert graph.get(dg.AssetKey(["consumer", "finance", "payments"])).owners == ["finance-eu@example.com"]  # policy.yml
+    assert graph.get(dg.AssetKey(["consumer", "finance", "payments"])).description == "EMEA payments with masked card numbers."
+    specs = {s.key: s for a in defs.assets if isinstance(a, dg.AssetsDefinition) for s in a.check_specs}
+    assert specs
+    for key, spec in specs.items():
+        assert len(key.name) <= 40, key.name
+        assert spec.description and "No description" not in spec.description, key
+        assert spec.metadata["dbt_test"]  # dbt's own name, to find the test in dbt's output
+    payments = {k.name: s for k, s in specs.items() if k.asset_key == dg.AssetKey(["consumer", "finance", "payments"])}
+    assert set(payments) == {"lake_exact_columns", "lake_masked__card_number", "lake_row_filter"}
+    assert payments["lake_row_filter"].description == "Only rows where region = 'EMEA'"
+    assert payments["lake_masked__card_number"].description.startswith("`card_number` is masked (partial)")
+
+
 def test_automation_sensor_runs_by_default_and_resource_needs_no_venv(defs):
     (sensor,) = defs.sensors
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
@@ -126,15 +155,62 @@ def test_a_source_change_refreshes_its_downstream_models(defs):
     }
 
 
+def test_a_parent_materialized_with_the_same_data_version_rebuilds_nothing(defs):
+    """A merge with nothing pending materializes its table with the data version it had: the models
+    downstream are not requested (eager automation would rebuild on any new materialization)."""
+    (dbt_assets_def,) = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    version = {"v": "snapshot 1"}
+
+    def stub(key: dg.AssetKey) -> dg.AssetsDefinition:
+        @dg.asset(key=key, group_name="travel")
+        def _source_aligned() -> dg.MaterializeResult:
+            return dg.MaterializeResult(data_version=dg.DataVersion(version["v"]))
+
+        return _source_aligned
+
+    stubs = [stub(k) for k in SOURCE_KEYS]
+    all_defs = dg.Definitions(assets=[*stubs, dbt_assets_def], resources=defs.resources)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor):
+        result = dg.evaluate_automation_conditions(defs=all_defs, instance=instance, cursor=cursor)
+        return result, {r.key for r in result.results if r.true_subset.size}
+
+    result, _ = tick(None)
+    dg.materialize(stubs, instance=instance)
+    result, requested = tick(result.cursor)
+    assert requested == set(dbt_assets_def.keys)
+    for key in requested:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+    result, _ = tick(result.cursor)
+    promotions = next(s for s in stubs if s.key.path[-1] == "promotions")
+    dg.materialize([promotions], instance=instance)  # nothing changed: same data version
+    result, requested = tick(result.cursor)
+    assert requested == set()
+    version["v"] = "snapshot 2"
+    dg.materialize([promotions], instance=instance)  # its data changed
+    result, requested = tick(result.cursor)
+    assert dg.AssetKey(["aggregated", "promotion_uptake"]) in requested
+
+
 def test_materialize_in_process_writes_iceberg_and_runs_checks(defs, tmp_path, monkeypatch):
     home = tmp_path / "lake"
     create_source_tables(home)
     monkeypatch.setenv("LAKE_HOME", str(home))
+    current_settings.cache_clear()  # this test's lake, for the lake resource too
     (dbt_assets_def,) = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
     selection = [dg.AssetKey(["aggregated", "promotion_uptake"]), dg.AssetKey(["consumer", "marketing", "promotion_uptake"])]
-    result = dg.materialize([dbt_assets_def], selection=selection, resources={"dbt": dbt_resource()}, raise_on_error=False)
+    result = dg.materialize([dbt_assets_def], selection=selection, resources={"dbt": dbt_resource(), "lake": LakeResource()},
+                            raise_on_error=False)
     assert result.success
     assert {e.asset_key for e in result.get_asset_materialization_events()} == set(selection)
+    # Each materialization describes the Iceberg table dbt wrote: column types, rows, identifier.
+    [consumer] = [e.materialization for e in result.get_asset_materialization_events()
+                  if e.materialization.asset_key == selection[1]]
+    columns = {c.name: c.type for c in consumer.metadata["dagster/column_schema"].value.columns}
+    assert columns["promotion_id"] == "long" and "?" not in columns.values()
+    assert consumer.metadata["dagster/row_count"].value == 4
+    assert consumer.metadata["dagster/table_name"].value == "consumer_marketing.promotion_uptake"
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks)
     assert {c.asset_key for c in checks} == set(selection)

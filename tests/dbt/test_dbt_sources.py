@@ -76,6 +76,7 @@ def crm_sources(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     (folder / "crm.yaml").write_text(CRM)
     monkeypatch.setenv("LAKE_SOURCES_DIR", str(folder))
+    monkeypatch.setenv("LAKE_BUILTIN_SOURCES", "true")  # beside the demo's, which the dbt models read
     return folder
 
 

@@ -1,0 +1,114 @@
+"""The landing zone in lineage: one observable asset per table, `landing/<source>/<table>`, upstream
+of its source-aligned table.
+
+Its observations come from the ledger (files and bytes landed, newest arrival, files pending,
+committed, failed, quarantined, duplicate, and unroutable files in the table's folder). The landing
+sensor reports one for each table it recorded new files for, the merge reports one after merging
+(statuses changed), and "Observe" in the UI asks for one. The data version is the set of files
+recorded, so it changes when a file lands, never when a merge only changes statuses: the
+source-aligned table shows unsynced exactly while landed files wait for their merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    AssetSpec,
+    DataVersion,
+    MetadataValue,
+    ObserveResult,
+    multi_observable_source_asset,
+)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from lake_assets.core.ledger import DUPLICATE, FAILED, FileLedger, LedgerEntry, TableFiles
+from lake_assets.core.naming import landing_key
+from lake_assets.core.registry import TableConfig
+from resources.lake import LakeResource
+
+LANDING_KIND = {"parquet": "parquet", "csv": "csv"}
+
+
+def landing_asset_key(table: TableConfig) -> AssetKey:
+    return AssetKey(landing_key(table.source, table.name))
+
+
+def landing_spec(table: TableConfig) -> AssetSpec:
+    return AssetSpec(
+        key=landing_asset_key(table),
+        group_name=table.source,
+        kinds={LANDING_KIND[table.format]},
+        description=f"Files landed for {table.identifier} under {table.landing_prefix} (AWS DMS layout), as the ledger "
+                    "records them",
+        owners=list(table.owners),
+        metadata={"landing_prefix": table.landing_prefix, "format": table.format},
+    )
+
+
+def observation(table: TableConfig, files: TableFiles | None, unroutable: int) -> tuple[DataVersion, dict[str, MetadataValue]]:
+    """(data version, metadata) of one table's landing folder."""
+    counts = files.by_status if files else {}
+    metadata: dict[str, MetadataValue] = {
+        "files_landed": MetadataValue.int(files.files if files else 0),
+        "bytes_landed": MetadataValue.int(files.bytes if files else 0),
+        "newest_arrival": MetadataValue.text(files.newest_arrival if files else "-"),
+        "pending": MetadataValue.int(counts.get("landed", 0) + counts.get("processing", 0)),
+        "committed": MetadataValue.int(counts.get("committed", 0)),
+        "failed": MetadataValue.int(counts.get(FAILED, 0)),
+        "quarantined": MetadataValue.int(counts.get("quarantined", 0)),
+        "duplicates": MetadataValue.int(counts.get(DUPLICATE, 0)),
+        "superseded": MetadataValue.int(counts.get("superseded", 0)),
+        "unroutable": MetadataValue.int(unroutable),
+        "oldest_pending_arrival": MetadataValue.text((files.oldest_pending_arrival if files else None) or "-"),
+    }
+    version = DataVersion(f"{files.files} files, newest {files.newest_id}" if files else "no files")
+    return version, metadata
+
+
+def _unroutable_by_table(tables: Iterable[TableConfig], unrouted: list[LedgerEntry]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tables:
+        out[t.identifier] = sum(1 for e in unrouted if e.key.startswith(t.landing_prefix))
+    return out
+
+
+def observations(tables: list[TableConfig], ledger: FileLedger) -> list[AssetObservation]:
+    """Landing observations of these tables (the sensor's and the merge's)."""
+    if not tables:
+        return []
+    files = ledger.table_files(t.identifier for t in tables)
+    unroutable = _unroutable_by_table(tables, ledger.unrouted())
+    out = []
+    for t in tables:
+        version, metadata = observation(t, files.get(t.identifier), unroutable[t.identifier])
+        out.append(AssetObservation(asset_key=landing_asset_key(t), metadata=metadata,
+                                    tags={DATA_VERSION_TAG: version.value}))
+    return out
+
+
+def build_landing_assets(source: str, tables: list[TableConfig]):
+    by_key = {landing_asset_key(t): t for t in tables}
+
+    @multi_observable_source_asset(
+        name=f"observe_landing_{source}",
+        specs=[landing_spec(t) for t in tables],
+        can_subset=True,
+        required_resource_keys={"lake"},
+    )
+    def _observe(context):
+        lake: LakeResource = context.resources.lake
+        selected = [by_key[k] for k in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())]
+        files = lake.ledger.table_files(t.identifier for t in selected)
+        unroutable = _unroutable_by_table(selected, lake.ledger.unrouted())
+        for t in selected:
+            version, metadata = observation(t, files.get(t.identifier), unroutable[t.identifier])
+            yield ObserveResult(asset_key=landing_asset_key(t), data_version=version, metadata=metadata)
+
+    return _observe
+
+
+def landing_assets(by_source: dict[str, list[TableConfig]]) -> list:
+    return [build_landing_assets(source, tables) for source, tables in by_source.items()]
