@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export LAKE_HOME
 export DAGSTER_HOME := $(LAKE_HOME)/dagster
 
-.PHONY: setup demo lint test test-fast ui bench clean
+.PHONY: setup demo lint test test-fast ui bench bench-scale clean
 
 $(VENV)/.installed: pyproject.toml scripts/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ ui: setup
 bench: setup
 	$(PY) bench/merge.py
 	$(PY) bench/startup.py
+
+## The merge at scale (1M-20M rows, cow/mor/auto, Spark, delta-rs in a scratch venv); ~20 min on 2 cores.
+bench-scale: setup
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(LAKE_HOME)
