@@ -5,7 +5,7 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export LAKE_HOME
 
-.PHONY: setup demo lint test test-fast ui bench bench-latency clean
+.PHONY: setup demo lint test test-fast ui bench bench-latency bench-scale clean
 
 $(VENV)/.installed: pyproject.toml scripts/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-latency: setup
 bench: setup
 	$(PY) bench/merge.py
 	$(PY) bench/startup.py
+
+## The merge at scale (1M-20M rows, cow/mor/auto, Spark, delta-rs in a scratch venv); ~20 min on 2 cores.
+bench-scale: setup
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(LAKE_HOME)
