@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
+from urllib.parse import urlparse
 
 import duckdb
 import pyarrow as pa
@@ -145,6 +146,63 @@ def _original_positions(tbl: Table, identifier: str, task: FileScanTask, columns
     return data, positions
 
 
+def _local_path(path: str) -> str | None:
+    """A data file's path on this machine's file system, or None for an object store."""
+    parsed = urlparse(path)
+    if parsed.scheme == "file":
+        return parsed.path
+    return path if parsed.scheme == "" else None
+
+
+def _held_rows(con: duckdb.DuckDBPyConnection, tbl: Table, identifier: str, tasks: list[FileScanTask],
+               keys: tuple[str, ...], win: pa.Table) -> tuple[pa.Table, dict[int, int]]:
+    """The live rows of the candidate files whose key is among the batch's (table `w` of `con`):
+    keys, position, file index and original position; and each file's live row count.
+
+    Local files are read by DuckDB, which streams them and keeps only the rows whose key matches:
+    memory and time follow the matches, not the files (bench/scale.py). Files in an object store are
+    read whole through the table's FileIO, one at a time."""
+    columns = list(keys) + [SEQ]
+    empty = pa.table({**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
+                      FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
+    if not tasks:
+        return empty, {}
+    paths = [_local_path(t.file.file_path) for t in tasks]
+    if all(paths):
+        con.register("f", pa.table({"path": paths, FILE_IX: pa.array(range(len(tasks)), pa.int64())}))
+        listed = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+        on = " AND ".join(f"d.{quote(k)} = w.{quote(k)}" for k in keys)
+        picked = ", ".join(f"d.{quote(c)}" for c in columns)
+        try:
+            held = con.execute(
+                f"SELECT {picked}, f.{FILE_IX}, d.file_row_number AS {POS} "
+                f"FROM (SELECT * FROM read_parquet({listed}, file_row_number = true, filename = true, union_by_name = true) d "
+                f"      SEMI JOIN w ON {on}) d JOIN f ON d.filename = f.path"
+            ).arrow().read_all()
+        except duckdb.Error as e:
+            raise DataFileError(
+                f"table {identifier}: a data file cannot be read ({type(e).__name__}: {str(e)[:300]}); the table's storage "
+                "is damaged: restore the file or rebuild the table from its landed files") from e
+        live = {i: t.file.record_count for i, t in enumerate(tasks)}
+        if any(t.delete_files for t in tasks):  # rows that delete files already remove are not live
+            dropped = pa.array([False] * held.num_rows)
+            for i, task in enumerate(tasks):
+                if task.delete_files:
+                    positions = deleted_positions(tbl.io, task)
+                    live[i] -= len(positions)
+                    in_file = pc.equal(held.column(FILE_IX), i)
+                    dropped = pc.or_(dropped, pc.and_(in_file, pc.is_in(held.column(POS), value_set=positions)))
+            held = held.filter(pc.invert(dropped))
+        return held, live
+    existing = []
+    for i, task in enumerate(tasks):
+        data, positions = _original_positions(tbl, identifier, task, columns)
+        existing.append(data.append_column(FILE_IX, pa.array([i] * data.num_rows, pa.int64())).append_column(POS, positions))
+    # Files written by other engines may read back with other string widths (Spark: large_string).
+    held = pa.concat_tables(existing, promote_options="permissive").select(columns + [FILE_IX, POS])
+    return held, {i: t.num_rows for i, t in enumerate(existing)}
+
+
 def _sorted_by(rows: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     """Rows in primary-key order: files then hold narrow key ranges, which the next merges prune on."""
     return rows.sort_by([(k, "ascending") for k in keys]) if rows.num_rows > 1 else rows
@@ -161,29 +219,24 @@ class InProcessWriter:
         identifier = result.table
         tasks, result.files_in_table = candidate_tasks(tbl, win, keys)
         result.files_read = len(tasks)
-        existing = []
-        for i, task in enumerate(tasks):
-            data, positions = _original_positions(tbl, identifier, task, list(keys) + [SEQ])
-            existing.append(data.append_column(FILE_IX, pa.array([i] * data.num_rows, pa.int64())).append_column(POS, positions))
-        # Files written by other engines may read back with other string widths (Spark: large_string).
-        held = pa.concat_tables(existing, promote_options="permissive").select(list(keys) + [SEQ, FILE_IX, POS]) if existing else pa.table(
-            {**{k: win.column(k).slice(0, 0) for k in keys}, SEQ: pa.array([], pa.string()),
-             FILE_IX: pa.array([], pa.int64()), POS: pa.array([], pa.int64())})
         w = pa.table({**{k: win.column(k) for k in keys}, SEQ: win.column(SEQ), OP: win.column(OP)}).append_column(
             WIN, pa.array(range(win.num_rows), pa.int64()))
         con = duckdb.connect()
-        con.register("w", w)
-        con.register("e", held)
-        on = " AND ".join(f"w.{quote(k)} = e.{quote(k)}" for k in keys)
-        rule = outcome_sql(op=f"w.{OP}", change_seq=f"w.{SEQ}", held_seq=f"e.{SEQ}", held=f"e.{POS} IS NOT NULL")
-        con.execute(f"CREATE TEMP TABLE j AS SELECT w.{WIN} AS wi, {rule} AS outcome, e.{FILE_IX} AS fi, e.{POS} AS pos "
-                    f"FROM w LEFT JOIN e ON {on}")
-        outcome = con.execute("SELECT outcome FROM j ORDER BY wi").arrow().read_all().column(0).combine_chunks()
-        removed = con.execute(
-            f"SELECT fi AS {FILE_IX}, pos AS {POS} FROM j WHERE outcome IN ('update', 'delete') ORDER BY fi, pos"
-        ).arrow().read_all()
-        live = {i: t.num_rows for i, t in enumerate(existing)}
-        con.close()
+        try:
+            con.execute("SET TimeZone = 'UTC'")  # timestamps compare as the UTC instants they hold
+            con.register("w", w)
+            held, live = _held_rows(con, tbl, identifier, tasks, keys, win)
+            con.register("e", held)
+            on = " AND ".join(f"w.{quote(k)} = e.{quote(k)}" for k in keys)
+            rule = outcome_sql(op=f"w.{OP}", change_seq=f"w.{SEQ}", held_seq=f"e.{SEQ}", held=f"e.{POS} IS NOT NULL")
+            con.execute(f"CREATE TEMP TABLE j AS SELECT w.{WIN} AS wi, {rule} AS outcome, e.{FILE_IX} AS fi, e.{POS} AS pos "
+                        f"FROM w LEFT JOIN e ON {on}")
+            outcome = con.execute("SELECT outcome FROM j ORDER BY wi").arrow().read_all().column(0).combine_chunks()
+            removed = con.execute(
+                f"SELECT fi AS {FILE_IX}, pos AS {POS} FROM j WHERE outcome IN ('update', 'delete') ORDER BY fi, pos"
+            ).arrow().read_all()
+        finally:
+            con.close()
         return Classification(outcome, _Touched(tasks, removed, live))
 
     def commit(self, catalog: Catalog, tbl: Table, plan: CommitPlan) -> Committed:
