@@ -29,9 +29,10 @@ from dagster._core.origin import RepositoryPythonOrigin
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
+from lake_assets.run_processes import PROCESS_TAG, is_alive, process_identity
+
 log = logging.getLogger(__name__)
 
-PID_TAG = "lake/run_worker_pid"
 
 
 class _Worker:
@@ -103,7 +104,7 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
             raise ValueError(f"run {run.run_id} has no code origin to load its job from")
         worker = self._take(origin.repository_origin)
         worker.hand(ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref()))
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(worker.process.pid)})
+        self._instance.add_run_tags(run.run_id, {PROCESS_TAG: process_identity(worker.process.pid)})
         with self._lock:
             self._running[run.run_id] = worker
         threading.Thread(target=self._watch, args=(run.run_id, worker), daemon=True, name=f"lake-run-{run.run_id[:8]}").start()
@@ -124,8 +125,9 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
-        pid = run.tags.get(PID_TAG)
-        if not pid:
+        identity = run.tags.get(PROCESS_TAG, "")
+        pid = identity.split(":")[1] if identity.count(":") >= 2 else ""
+        if not pid.isdigit() or not is_alive(identity):
             return False
         self._instance.report_run_canceling(run)
         try:

@@ -24,6 +24,7 @@ from lake_assets.checks import FRESHNESS, freshness
 from lake_assets.core.naming import ingest_job_name
 from lake_assets.core.registry import Registry, TableConfig
 from lake_assets.landing_assets import observations
+from lake_assets.run_processes import reap_dead_runs
 from resources.lake import LakeResource
 
 MAX_FILES_PER_TICK = 20_000  # sensors time out at 60 s; the rest is picked up next tick
@@ -54,6 +55,8 @@ def build_landing_sensor(registry: Registry, *, running: bool = True, jobs: dict
     def landing_sensor(context: SensorEvaluationContext, lake: LakeResource):
         from lake_assets.core.arrivals import record_arrivals  # the file readers: imported by ticks, not the definitions
 
+        for run_id in reap_dead_runs(context.instance):  # a killed run must not hold its source's merge slot
+            context.log.warning(f"run {run_id}: its process is gone; marked failed, its concurrency slot freed")
         settle = lake.settings.settle_seconds
         report = record_arrivals(lake.landing, lake.ledger, registry, limit=MAX_FILES_PER_TICK, settle_seconds=settle)
         wait = (report.settled_at - time.time()) if report.settling and report.settled_at else None
