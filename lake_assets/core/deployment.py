@@ -6,6 +6,7 @@ aws: Glue catalog, PostgreSQL ledger, an S3 landing prefix; credentials come fro
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import random
 import time
@@ -78,8 +79,16 @@ class LakeSqlCatalog(SqlCatalog):
         self.db_path = Path(home) / "catalog.db"
         self.busy_seconds = busy_seconds
         (Path(home) / "warehouse").mkdir(parents=True, exist_ok=True)
-        _retrying(SqlCatalog.__init__)(self, CATALOG_NAME, type="sql", uri=f"sqlite:///{self.db_path}",
-                                       warehouse=f"file://{Path(home) / 'warehouse'}")
+        # Opening creates the catalog's tables when they do not exist yet; two processes doing that at
+        # once on a new lake (two ingests started together) fail with "table iceberg_tables already
+        # exists". Opening is serialized by a lock file beside the database (held for milliseconds).
+        with open(self.db_path.with_name("catalog.db.open-lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                _retrying(SqlCatalog.__init__)(self, CATALOG_NAME, type="sql", uri=f"sqlite:///{self.db_path}",
+                                               warehouse=f"file://{Path(home) / 'warehouse'}")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 for _name in ("load_table", "create_table", "commit_table", "create_namespace", "drop_table", "table_exists",
