@@ -5,7 +5,7 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export LAKE_HOME
 
-.PHONY: setup demo lint test test-fast ui bench bench-latency bench-scale clean
+.PHONY: setup demo lint test test-fast ui bench bench-latency bench-scale bench-tpch clean
 
 $(VENV)/.installed: pyproject.toml scripts/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: setup
 ## The merge at scale (1M-20M rows, cow/mor/auto, Spark, delta-rs in a scratch venv); ~20 min on 2 cores.
 bench-scale: setup
 	$(PY) bench/scale.py
+
+## One TPC-H SF1 CDC round (3% of lineitem's 6M rows) merged in process: time and peak memory.
+bench-tpch: setup
+	$(PY) bench/tpch.py
 
 clean:
 	rm -rf $(LAKE_HOME)

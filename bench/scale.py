@@ -479,11 +479,12 @@ def work_delta(home: Path, cdc_file: Path, dump: Path) -> dict:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def run_worker(args: list[str], python: str = sys.executable) -> dict:
-    """One worker subprocess; peak RSS of its process tree while it merges, and apart while it scans."""
+def run_worker(args: list[str], python: str = sys.executable, script: Path = Path(__file__)) -> dict:
+    """One worker subprocess (`script --worker args`); peak RSS of its process tree while it merges,
+    and apart while it scans (after it prints `PHASE scan`); its last stdout line is its JSON result."""
     from bench.merge import tree_rss
 
-    cmd = [python, str(Path(__file__).resolve()), "--worker", *args]
+    cmd = [python, str(script.resolve()), "--worker", *args]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
