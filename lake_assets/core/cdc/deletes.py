@@ -61,7 +61,7 @@ def write_position_deletes(tbl: Table, removed: Iterable[tuple[DataFile, pa.Arra
     by_partition: dict[tuple[int, tuple], list[tuple[DataFile, pa.Array]]] = defaultdict(list)
     for data_file, positions in removed:
         if len(positions):
-            by_partition[(data_file.spec_id, _values(data_file.partition))].append((data_file, positions))
+            by_partition[(data_file.spec_id, partition_values(data_file.partition))].append((data_file, positions))
     out = []
     location = tbl.location_provider()
     for (spec_id, _), group in by_partition.items():
@@ -93,7 +93,8 @@ def write_position_deletes(tbl: Table, removed: Iterable[tuple[DataFile, pa.Arra
     return out
 
 
-def _values(partition: Record) -> tuple:
+def partition_values(partition: Record) -> tuple:
+    """A partition Record as a tuple (Record has no __iter__: tuple() walks it by index)."""
     return tuple(partition[i] for i in range(len(partition)))
 
 

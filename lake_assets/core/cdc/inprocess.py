@@ -24,11 +24,10 @@ from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.table import FileScanTask, Table
-from pyiceberg.typedef import Record
 from pyiceberg.types import PrimitiveType
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
-from lake_assets.core.cdc.deletes import OverwriteWithDeletes, deleted_positions, write_position_deletes
+from lake_assets.core.cdc.deletes import OverwriteWithDeletes, deleted_positions, partition_values, write_position_deletes
 from lake_assets.core.cdc.dms import OP
 from lake_assets.core.cdc.iceberg import committed_batches, conform
 from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, merge_batch
@@ -81,11 +80,6 @@ def _partition_filter(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple
     return spec.spec_id, set(zip(*columns))
 
 
-def _values(record: Record) -> tuple:
-    """A partition Record as a tuple (Record has no __iter__: tuple() walks it by index)."""
-    return tuple(record[i] for i in range(len(record)))
-
-
 def candidate_tasks(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[list, int]:
     """Scan tasks of data files that may hold one of the batch's keys: partition, then key-range pruning."""
     if tbl.current_snapshot() is None or win.num_rows == 0:
@@ -97,7 +91,7 @@ def candidate_tasks(tbl: Table, win: pa.Table, keys: tuple[str, ...]) -> tuple[l
     out = []
     for task in tasks:
         if partitions is not None and task.file.spec_id == partitions[0]:
-            if _values(task.file.partition) not in partitions[1]:
+            if partition_values(task.file.partition) not in partitions[1]:
                 continue
         lo_b = task.file.lower_bounds.get(first.field_id) if task.file.lower_bounds else None
         hi_b = task.file.upper_bounds.get(first.field_id) if task.file.upper_bounds else None
