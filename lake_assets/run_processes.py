@@ -5,7 +5,7 @@ instance and keeps the concurrency slot of its source's merge pool (`merge_<sour
 time): every later merge of that source would wait for it for ever. So every run the lake starts
 carries PROCESS_TAG, "<host>:<pid>:<process start time>", and `reap_dead_runs` (the ingest
 command before it merges, the landing sensor at every tick) fails the in-progress runs of this
-host whose process is gone and frees their slots. The ledger's table lock is what keeps a merge
+host whose process is gone and frees their slots, and frees slots held by runs that ended. The ledger's table lock is what keeps a merge
 exactly once; this only keeps Dagster's bookkeeping from blocking the next merge.
 """
 
@@ -66,4 +66,20 @@ def reap_dead_runs(instance: DagsterInstance) -> list[str]:
         if instance.event_log_storage.supports_global_concurrency_limits:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         reaped.append(run.run_id)
-    return reaped
+    return reaped + _free_orphan_slots(instance)
+
+
+def _free_orphan_slots(instance: DagsterInstance) -> list[str]:
+    """Slots held by runs that ended, or that the run storage does not know (a run storage reset
+    under a live event log): nothing will ever release them. Returns those run ids."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    holders = {s.run_id for key in storage.get_concurrency_keys() for s in storage.get_concurrency_info(key).claimed_slots}
+    freed = []
+    for run_id in sorted(holders):
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            storage.free_concurrency_slots_for_run(run_id)
+            freed.append(run_id)
+    return freed
