@@ -56,3 +56,31 @@ def test_partition_pruning_when_partition_columns_are_in_the_key(tmp_path):
     assert (r.deleted, r.inserted, r.files_rewritten) == (1, 1, 1)
     got = {(x["region"], x["id"]) for x in lake.rows("pr.facts")}
     assert ("r1", 3) not in got and ("r3", 99) in got and len(got) == 120
+
+
+def test_columns_named_like_duckdbs_own_do_not_confuse_the_lookup(tmp_path):
+    """DuckDB's reader adds `filename` and `file_row_number`; a table with such columns still has its
+    replaced rows found (no update turned into a second row of the key)."""
+    cols = [("id", "long"), ("filename", "string"), ("file_row_number", "long")]
+    source = """
+source: dn
+tables:
+  - name: docs
+    schema: app
+    primary_key: [id]
+    write: merge_on_read
+    columns: [{name: id, type: long}, {name: filename, type: string}, {name: file_row_number, type: long}]
+"""
+    lake = make_lake(tmp_path, {"dn": source})
+    folder = lake.landing / "dn" / "app" / "docs"
+    write_dms_file(folder / load_file_name(1), [{"id": i, "filename": f"f{i}", "file_row_number": 0} for i in range(20)],
+                   cols, cdc=False)
+    lake.ingest()
+    write_dms_file(folder / cdc_file_name(dt.datetime(2026, 11, 21, 10)),
+                   [{"Op": "U", "id": 3, "filename": "new", "file_row_number": 7}, {"Op": "D", "id": 4, "filename": "", "file_row_number": 0}],
+                   cols, cdc=True)
+    _, results = lake.ingest()
+    r = results["dn.docs"].results[0]
+    assert (r.inserted, r.updated, r.deleted) == (0, 1, 1)
+    rows = {x["id"]: (x["filename"], x["file_row_number"]) for x in lake.rows("dn.docs")}
+    assert len(rows) == 19 and rows[3] == ("new", 7) and 4 not in rows

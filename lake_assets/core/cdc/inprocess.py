@@ -148,6 +148,9 @@ def _local_path(path: str) -> str | None:
     return path if parsed.scheme == "" else None
 
 
+_DUCKDB_COLUMNS = ("filename", "file_row_number")
+
+
 def _held_rows(con: duckdb.DuckDBPyConnection, tbl: Table, identifier: str, tasks: list[FileScanTask],
                keys: tuple[str, ...], win: pa.Table) -> tuple[pa.Table, dict[int, int]]:
     """The live rows of the candidate files whose key is among the batch's (table `w` of `con`):
@@ -162,7 +165,10 @@ def _held_rows(con: duckdb.DuckDBPyConnection, tbl: Table, identifier: str, task
     if not tasks:
         return empty, {}
     paths = [_local_path(t.file.file_path) for t in tasks]
-    if all(paths):
+    # DuckDB adds `filename` and `file_row_number` columns: a table with a column of either name
+    # would shadow them, so its files are read the other way.
+    shadowed = {f.name.lower() for f in tbl.schema().fields} & set(_DUCKDB_COLUMNS)
+    if all(paths) and not shadowed:
         con.register("f", pa.table({"path": paths, FILE_IX: pa.array(range(len(tasks)), pa.int64())}))
         listed = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
         on = " AND ".join(f"d.{quote(k)} = w.{quote(k)}" for k in keys)
