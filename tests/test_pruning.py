@@ -84,3 +84,15 @@ tables:
     assert (r.inserted, r.updated, r.deleted) == (0, 1, 1)
     rows = {x["id"]: (x["filename"], x["file_row_number"]) for x in lake.rows("dn.docs")}
     assert len(rows) == 19 and rows[3] == ("new", 7) and 4 not in rows
+
+
+def test_a_lake_under_a_path_with_glob_characters_merges(tmp_path):
+    """DuckDB's read_parquet takes [ * ? as patterns; a lake in such a folder still finds its rows."""
+    lake = make_lake(tmp_path / "lakes[1]", {"pr": SOURCE.format(keys="id")})
+    _load(lake, regions=2, per=10)
+    write_dms_file(lake.landing / "pr" / "app" / "facts" / cdc_file_name(dt.datetime(2026, 11, 21, 10)),
+                   [{"Op": "U", "region": "r1", "id": 1003, "val": 5}], COLUMNS, cdc=True)
+    _, results = lake.ingest()
+    assert results["pr.facts"].results[0].updated == 1
+    rows = {x["id"]: x["val"] for x in lake.rows("pr.facts")}
+    assert len(rows) == 20 and rows[1003] == 5
