@@ -45,6 +45,11 @@ def code_location_origin():
     return origin
 
 
+# Runs started here (the ingest command, the demo) print the merge's own INFO lines, not Dagster's
+# DEBUG event stream (hundreds of lines per run); every event is still in the run's log in the UI.
+CONSOLE_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def execute_in_process(job: JobDefinition, instance: DagsterInstance, asset_selection: list[AssetKey],
                        tags: Mapping[str, str]) -> tuple[bool, list[DagsterEvent]]:
     """Run `job` here, like `job.execute_in_process`, but as a run of the code location's job: it
@@ -56,10 +61,10 @@ def execute_in_process(job: JobDefinition, instance: DagsterInstance, asset_sele
     from dagster._core.remote_origin import RemoteRepositoryOrigin
 
     selection = frozenset(asset_selection)
-    plan = create_execution_plan(InMemoryJob(job).get_subset(asset_selection=selection),
+    plan = create_execution_plan(InMemoryJob(job).get_subset(asset_selection=selection), run_config=CONSOLE_INFO,
                                  instance_ref=instance.get_ref() if instance.is_persistent else None)
     origin = RemoteRepositoryOrigin(code_location_origin(), SINGLETON_REPOSITORY_NAME).get_job_origin(job.name)
-    run = instance.create_run_for_job(job_def=job, execution_plan=plan, asset_selection=selection,
+    run = instance.create_run_for_job(job_def=job, execution_plan=plan, asset_selection=selection, run_config=CONSOLE_INFO,
                                       tags={**job.run_tags, **tags}, remote_job_origin=origin)
     result = execute_run(InMemoryJob(job), run, instance)
     return result.success, list(result.all_events)

@@ -11,12 +11,14 @@ source-aligned table shows unsynced exactly while landed files wait for their me
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 from dagster import (
     AssetKey,
     AssetObservation,
     AssetSpec,
+    BetaWarning,
     DataVersion,
     MetadataValue,
     ObserveResult,
@@ -92,12 +94,16 @@ def observations(tables: list[TableConfig], ledger: FileLedger) -> list[AssetObs
 def build_landing_assets(source: str, tables: list[TableConfig]):
     by_key = {landing_asset_key(t): t for t in tables}
 
-    @multi_observable_source_asset(
-        name=f"observe_landing_{source}",
-        specs=[landing_spec(t) for t in tables],
-        can_subset=True,
-        required_resource_keys={"lake"},
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)  # a beta API on purpose: no warning at every load
+        observe = multi_observable_source_asset(
+            name=f"observe_landing_{source}",
+            specs=[landing_spec(t) for t in tables],
+            can_subset=True,
+            required_resource_keys={"lake"},
+        )
+
+    @observe
     def _observe(context):
         lake: LakeResource = context.resources.lake
         selected = [by_key[k] for k in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string())]
