@@ -31,7 +31,7 @@ from lake_assets.core.deployment import LakeEnvironment, environment_from_env
 from lake_assets.core.naming import ingest_job_name
 from lake_assets.core.settings import current_settings
 from lake_assets.jobs import execute_in_process
-from lake_assets.run_processes import PROCESS_TAG, process_identity, reap_dead_runs
+from lake_assets.run_processes import reap_dead_runs
 
 
 @dataclass
@@ -78,7 +78,7 @@ def ingest(env: LakeEnvironment, defs, registry, instance: DagsterInstance | Non
     pending = env.ledger.tables_with_pending()
     tables = [t for t in registry.tables if t.identifier in pending or retry_failed or t.identifier in reload | rebuild]
     outcome = IngestOutcome(report, {}, True, registry_errors=errors)
-    tags = {"lake/trigger": "ingest", RETRY_FAILED_TAG: str(retry_failed).lower(), PROCESS_TAG: process_identity()}
+    tags = {"lake/trigger": "ingest", RETRY_FAILED_TAG: str(retry_failed).lower()}
     if reload:
         tags[RELOAD_TAG] = ",".join(sorted(reload))
     if rebuild:

@@ -15,6 +15,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from lake_assets.core.naming import ingest_job_name
 from lake_assets.core.registry import Registry, TableConfig
+from lake_assets.run_processes import process_tags
 
 DBT_JOB = "dbt_layers"
 
@@ -66,5 +67,6 @@ def execute_in_process(job: JobDefinition, instance: DagsterInstance, asset_sele
     origin = RemoteRepositoryOrigin(code_location_origin(), SINGLETON_REPOSITORY_NAME).get_job_origin(job.name)
     run = instance.create_run_for_job(job_def=job, execution_plan=plan, asset_selection=selection, run_config=CONSOLE_INFO,
                                       tags={**job.run_tags, **tags}, remote_job_origin=origin)
+    instance.add_run_tags(run.run_id, process_tags(run.run_id))  # this process runs it (lake_assets/run_processes.py)
     result = execute_run(InMemoryJob(job), run, instance)
     return result.success, list(result.all_events)

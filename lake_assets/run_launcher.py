@@ -29,7 +29,7 @@ from dagster._core.origin import RepositoryPythonOrigin
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
-from lake_assets.run_processes import PROCESS_TAG, is_alive, process_identity
+from lake_assets.run_processes import PROCESS_RUN_TAG, PROCESS_TAG, is_alive, process_tags
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
         if origin is None:
             raise ValueError(f"run {run.run_id} has no code origin to load its job from")
         worker = self._take(origin.repository_origin)
+        # Tagged before the worker starts the run: a STARTED run always names its own process.
+        self._instance.add_run_tags(run.run_id, process_tags(run.run_id, worker.process.pid))
         worker.hand(ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref()))
-        self._instance.add_run_tags(run.run_id, {PROCESS_TAG: process_identity(worker.process.pid)})
         with self._lock:
             self._running[run.run_id] = worker
         threading.Thread(target=self._watch, args=(run.run_id, worker), daemon=True, name=f"lake-run-{run.run_id[:8]}").start()
@@ -125,7 +126,7 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
-        identity = run.tags.get(PROCESS_TAG, "")
+        identity = run.tags.get(PROCESS_TAG, "") if run.tags.get(PROCESS_RUN_TAG) == run_id else ""
         pid = identity.split(":")[1] if identity.count(":") >= 2 else ""
         if not pid.isdigit() or not is_alive(identity):
             return False

@@ -3,7 +3,7 @@
 A run killed with its process (SIGKILL, out of memory, a machine restart) stays STARTED in the
 instance and keeps the concurrency slot of its source's merge pool (`merge_<source>`, one at a
 time): every later merge of that source would wait for it for ever. So every run the lake starts
-carries PROCESS_TAG, "<host>:<pid>:<process start time>", and `reap_dead_runs` (the ingest
+carries PROCESS_TAG, "<host>:<pid>:<process start time>" (and PROCESS_RUN_TAG, its own run id), and `reap_dead_runs` (the ingest
 command before it merges, the landing sensor at every tick) fails the in-progress runs of this
 host whose process is gone and frees their slots, and frees slots held by runs that ended. The ledger's table lock is what keeps a merge
 exactly once; this only keeps Dagster's bookkeeping from blocking the next merge.
@@ -18,6 +18,9 @@ from pathlib import Path
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 PROCESS_TAG = "lake/process"
+# The run the process tag was written for: a re-execution copies its parent's tags, and must not be
+# judged by its parent's (long gone) process.
+PROCESS_RUN_TAG = "lake/process_run"
 IN_PROGRESS = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
                DagsterRunStatus.CANCELING]
 
@@ -35,6 +38,11 @@ def _start_time(pid: int) -> str:
 def process_identity(pid: int | None = None) -> str:
     pid = os.getpid() if pid is None else pid
     return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def process_tags(run_id: str, pid: int | None = None) -> dict[str, str]:
+    """The tags naming the process that runs `run_id` (this one unless `pid`)."""
+    return {PROCESS_TAG: process_identity(pid), PROCESS_RUN_TAG: run_id}
 
 
 def is_alive(identity: str) -> bool | None:
@@ -59,7 +67,7 @@ def reap_dead_runs(instance: DagsterInstance) -> list[str]:
     reaped = []
     for run in instance.get_runs(RunsFilter(statuses=IN_PROGRESS)):
         identity = run.tags.get(PROCESS_TAG)
-        if not identity or is_alive(identity) is not False:
+        if not identity or run.tags.get(PROCESS_RUN_TAG) != run.run_id or is_alive(identity) is not False:
             continue
         instance.report_run_failed(run, f"The process that ran this run ({identity}) is gone (killed or crashed); "
                                         "its merges resume in the next run, which the ledger keeps exactly once.")

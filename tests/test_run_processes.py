@@ -10,7 +10,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 
 from lake_assets.core.settings import current_settings
 from lake_assets.instance import lake_instance
-from lake_assets.run_processes import PROCESS_TAG, process_identity, reap_dead_runs
+from lake_assets.run_processes import PROCESS_RUN_TAG, PROCESS_TAG, process_identity, reap_dead_runs
 
 POOL = "merge_shop"
 
@@ -24,10 +24,10 @@ def _instance(tmp_path, monkeypatch):
     return instance
 
 
-def _started_run(instance, identity: str) -> str:
+def _started_run(instance, identity: str, tagged_for: str | None = None) -> str:
     run_id = str(uuid.uuid4())
     instance.add_run(DagsterRun(job_name="ingest_shop", run_id=run_id, status=DagsterRunStatus.STARTED,
-                                tags={PROCESS_TAG: identity}))
+                                tags={PROCESS_TAG: identity, PROCESS_RUN_TAG: tagged_for or run_id}))
     assert instance.event_log_storage.claim_concurrency_slot(POOL, run_id, "merge_shop").is_claimed
     return run_id
 
@@ -55,3 +55,11 @@ def test_a_slot_held_by_a_run_the_instance_does_not_know_is_freed(tmp_path, monk
     assert instance.event_log_storage.claim_concurrency_slot(POOL, "run-from-a-reset-storage", "merge_shop").is_claimed
     assert reap_dead_runs(instance) == ["run-from-a-reset-storage"]
     assert instance.event_log_storage.get_concurrency_info(POOL).active_slot_count == 0
+
+
+def test_a_re_execution_is_not_judged_by_its_parents_process(tmp_path, monkeypatch):
+    """A re-execution copies its parent's tags, which name the parent's (gone) process: left alone."""
+    instance = _instance(tmp_path, monkeypatch)
+    child = _started_run(instance, _dead_process_identity(), tagged_for="the-parent-run")
+    assert reap_dead_runs(instance) == []
+    assert instance.get_run_by_id(child).status == DagsterRunStatus.STARTED
