@@ -327,14 +327,12 @@ def test_a_late_change_is_rejected_by_a_tombstone_only_while_the_key_stays_delet
     assert (r.tombstone_rejected, r.stale_skipped, r.updated) == (1, 1, 0)
 
 
-def test_a_tombstone_is_kept_for_the_retention_period_only(lake):
-    """tombstone_retention_days (7 by default) bounds the tombstone table: a delete older than that
-    no longer guards its key, so a change landing even later than that applies."""
+def _merger(lake):
+    """merge(name, changes, batch_id, days): land one orders file and merge it alone, `days` after a fixed start."""
     from lake_assets.core.cdc.batch import LandedInput
     from lake_assets.core.cdc.dms import parse_landing_key
 
     table = lake.registry.get("shop", "orders")
-    assert table.tombstone_retention_days == 7
     engine, t0 = InProcessEngine(), dt.datetime(2026, 11, 21, 12, tzinfo=dt.UTC)
 
     def merge(name, changes, batch_id, days):
@@ -343,6 +341,14 @@ def test_a_tombstone_is_kept_for_the_retention_period_only(lake):
         return engine.merge(lake.env.catalog, table, [LandedInput(parse_landing_key(key), path.read_bytes())], batch_id,
                             now=t0 + dt.timedelta(days=days))
 
+    return merge
+
+
+def test_a_tombstone_is_kept_for_the_retention_period_only(lake):
+    """tombstone_retention_days (7 by default) bounds the tombstone table: a delete older than that
+    no longer guards its key, so a change landing even later than that applies."""
+    assert lake.registry.get("shop", "orders").tombstone_retention_days == 7
+    merge = _merger(lake)
     merge(cdc(1), [O("I", 1, 10, "1"), O("I", 2, 20, "1")], "b0", 0)
     merge(cdc(2), [O("D", 1, 10, "10"), O("D", 2, 20, "10")], "b1", 0)
     merge(cdc(3), [O("I", 3, 30, "30")], "b2", 6)  # each batch drops the tombstones past the retention period
@@ -354,18 +360,7 @@ def test_a_tombstone_is_kept_for_the_retention_period_only(lake):
 
 
 def test_an_expired_tombstone_guards_nothing_even_before_a_batch_drops_it(lake):
-    from lake_assets.core.cdc.batch import LandedInput
-    from lake_assets.core.cdc.dms import parse_landing_key
-
-    table = lake.registry.get("shop", "orders")
-    engine, t0 = InProcessEngine(), dt.datetime(2026, 11, 21, 12, tzinfo=dt.UTC)
-
-    def merge(name, changes, batch_id, days):
-        path = land(lake, ORDERS, name, changes)
-        key = path.relative_to(lake.landing).as_posix()
-        return engine.merge(lake.env.catalog, table, [LandedInput(parse_landing_key(key), path.read_bytes())], batch_id,
-                            now=t0 + dt.timedelta(days=days))
-
+    merge = _merger(lake)
     merge(cdc(1), [O("I", 1, 10, "1"), O("D", 1, 10, "10")], "b0", 0)
     late = merge(cdc(2), [O("I", 1, 11, "5")], "b1", 30)  # the first batch after the tombstone expired
     assert (late.tombstone_rejected, late.inserted) == (0, 1)
