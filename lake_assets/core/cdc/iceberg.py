@@ -160,7 +160,7 @@ def create_source_table(
         )
     ensure_namespace(catalog, table.source)
     properties = {
-        **COPY_ON_WRITE,
+        "format-version": "2",
         **write_properties(table),
         "write.target-file-size-bytes": TARGET_FILE_SIZE,
         **TableDefinition.of(table).properties(),
