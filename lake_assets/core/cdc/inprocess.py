@@ -50,6 +50,7 @@ class _Touched:
     tasks: list
     removed: pa.Table  # FILE_IX, POS
     live: dict[int, int]  # FILE_IX -> live rows of the file before this batch
+    gone: dict[int, pa.Array]  # FILE_IX -> positions its delete files already remove
 
 
 def _as_comparable(col: pa.ChunkedArray | pa.Array) -> list:
@@ -127,16 +128,20 @@ def scan_files(tbl: Table, identifier: str, tasks: list, columns: list[str] | No
 MERGE_ON_READ_SHARE = 0.2
 
 
-def _original_positions(tbl: Table, identifier: str, task: FileScanTask, columns: list[str] | None) -> tuple[pa.Table, pa.Array]:
+def _deleted(tbl: Table, tasks: list[FileScanTask]) -> dict[int, pa.Array]:
+    """Positions that the candidate files' delete files already remove, by file index: read once per merge."""
+    return {i: deleted_positions(tbl.io, t) for i, t in enumerate(tasks) if t.delete_files}
+
+
+def _original_positions(tbl: Table, identifier: str, task: FileScanTask, columns: list[str] | None,
+                        gone: pa.Array | None) -> tuple[pa.Table, pa.Array]:
     """A data file's live rows with their original positions in the file (what position deletes
-    name): read without its delete files, then the positions they remove dropped."""
+    name): read without its delete files, then the positions they remove (`gone`) dropped."""
     (data,) = scan_files(tbl, identifier, [FileScanTask(task.file)], columns)
     positions = pa.array(range(data.num_rows), pa.int64())
-    if task.delete_files:
-        gone = deleted_positions(tbl.io, task)
-        if len(gone):
-            keep = pc.invert(pc.is_in(positions, value_set=gone))
-            data, positions = data.filter(keep), positions.filter(keep)
+    if gone is not None and len(gone):
+        keep = pc.invert(pc.is_in(positions, value_set=gone))
+        data, positions = data.filter(keep), positions.filter(keep)
     return data, positions
 
 
@@ -152,7 +157,7 @@ _DUCKDB_COLUMNS = ("filename", "file_row_number")
 
 
 def _held_rows(con: duckdb.DuckDBPyConnection, tbl: Table, identifier: str, tasks: list[FileScanTask],
-               keys: tuple[str, ...], win: pa.Table) -> tuple[pa.Table, dict[int, int]]:
+               keys: tuple[str, ...], win: pa.Table, gone: dict[int, pa.Array]) -> tuple[pa.Table, dict[int, int]]:
     """The live rows of the candidate files whose key is among the batch's (table `w` of `con`):
     keys, position, file index and original position; and each file's live row count.
 
@@ -184,19 +189,17 @@ def _held_rows(con: duckdb.DuckDBPyConnection, tbl: Table, identifier: str, task
                 f"table {identifier}: a data file cannot be read ({type(e).__name__}: {str(e)[:300]}); the table's storage "
                 "is damaged: restore the file or rebuild the table from its landed files") from e
         live = {i: t.file.record_count for i, t in enumerate(tasks)}
-        if any(t.delete_files for t in tasks):  # rows that delete files already remove are not live
+        if gone:  # rows that delete files already remove are not live
             dropped = pa.array([False] * held.num_rows)
-            for i, task in enumerate(tasks):
-                if task.delete_files:
-                    positions = deleted_positions(tbl.io, task)
-                    live[i] -= len(positions)
-                    in_file = pc.equal(held.column(FILE_IX), i)
-                    dropped = pc.or_(dropped, pc.and_(in_file, pc.is_in(held.column(POS), value_set=positions)))
+            for i, positions in gone.items():
+                live[i] -= len(positions)
+                in_file = pc.equal(held.column(FILE_IX), i)
+                dropped = pc.or_(dropped, pc.and_(in_file, pc.is_in(held.column(POS), value_set=positions)))
             held = held.filter(pc.invert(dropped))
         return held, live
     existing = []
     for i, task in enumerate(tasks):
-        data, positions = _original_positions(tbl, identifier, task, columns)
+        data, positions = _original_positions(tbl, identifier, task, columns, gone.get(i))
         existing.append(data.append_column(FILE_IX, pa.array([i] * data.num_rows, pa.int64())).append_column(POS, positions))
     # Files written by other engines may read back with other string widths (Spark: large_string).
     held = pa.concat_tables(existing, promote_options="permissive").select(columns + [FILE_IX, POS])
@@ -225,7 +228,8 @@ class InProcessWriter:
         try:
             con.execute("SET TimeZone = 'UTC'")  # timestamps compare as the UTC instants they hold
             con.register("w", w)
-            held, live = _held_rows(con, tbl, identifier, tasks, keys, win)
+            gone = _deleted(tbl, tasks)
+            held, live = _held_rows(con, tbl, identifier, tasks, keys, win, gone)
             con.register("e", held)
             on = " AND ".join(f"w.{quote(k)} = e.{quote(k)}" for k in keys)
             rule = outcome_sql(op=f"w.{OP}", change_seq=f"w.{SEQ}", held_seq=f"e.{SEQ}", held=f"e.{POS} IS NOT NULL")
@@ -237,7 +241,7 @@ class InProcessWriter:
             ).arrow().read_all()
         finally:
             con.close()
-        return Classification(outcome, _Touched(tasks, removed, live))
+        return Classification(outcome, _Touched(tasks, removed, live, gone))
 
     def commit(self, catalog: Catalog, tbl: Table, plan: CommitPlan) -> Committed:
         txn = tbl.transaction()
@@ -274,7 +278,7 @@ class InProcessWriter:
                         deletes.append((task.file, gone))
                         continue
                     # Copy-on-write, one file at a time: memory follows the largest file, not the table.
-                    data, positions = _original_positions(tbl, identifier, task, None)
+                    data, positions = _original_positions(tbl, identifier, task, None, c.private.gone.get(i))
                     write(conform(data.filter(pc.invert(pc.is_in(positions, value_set=gone))), target))
                     commit.delete_data_file(task.file)
                     rewritten += 1
