@@ -18,6 +18,7 @@ from dagster._utils.schedules import get_latest_completed_cron_tick  # the cron 
 
 from lake_assets.core.ledger import COMMITTED, FAILED, PROCESSING, QUARANTINED, LedgerEntry
 from lake_assets.core.registry import TableConfig
+from lake_assets.table_metadata import SCD2_CURRENT, SCD2_FROM
 from resources.lake import LakeResource
 
 if TYPE_CHECKING:  # imported by the runs that evaluate checks, not to load the definitions
@@ -138,17 +139,23 @@ def evaluate(table: TableConfig, lake: LakeResource, names: Iterable[str], *, me
 
 
 def unique_keys(table: TableConfig, key: AssetKey, tbl: Table | None) -> AssetCheckResult:
-    if tbl is None or table.mode != "current":
+    if tbl is None or table.mode == "history":
         return AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=True,
                                 metadata={"note": "history mode: keys repeat by design" if tbl is not None else "no table yet"})
     import duckdb
 
-    keys = tbl.scan(selected_fields=table.primary_key).to_arrow()
+    # scd2: a key has many versions, but one per opening position and at most one current
+    unique = (*table.primary_key, SCD2_FROM) if table.mode == "scd2" else table.primary_key
+    fields = (*unique, SCD2_CURRENT) if table.mode == "scd2" else unique
+    keys = tbl.scan(selected_fields=fields).to_arrow()
     con = duckdb.connect()
     try:
         con.register("k", keys)
-        cols = ", ".join(f'"{k}"' for k in table.primary_key)
-        row = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM k GROUP BY {cols} HAVING count(*) > 1)").fetchone()
+        cols = ", ".join(f'"{k}"' for k in unique)
+        pk = ", ".join(f'"{k}"' for k in table.primary_key)
+        two_current = (f" UNION ALL SELECT {pk} FROM k WHERE \"{SCD2_CURRENT}\" GROUP BY {pk} HAVING count(*) > 1"
+                       if table.mode == "scd2" else "")
+        row = con.execute(f"SELECT count(*) FROM (SELECT {pk} FROM k GROUP BY {cols} HAVING count(*) > 1{two_current})").fetchone()
     finally:
         con.close()
     dupes = row[0] if row else 0

@@ -37,6 +37,15 @@ HISTORY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     (FILE, "string", "Landing-zone key of the file the change came from."),
     (LAKE_ROW, "long", "Row of the change in that file."),
 )
+SCD2_FROM, SCD2_CURRENT = "_lake_from_seq", "_is_current"
+SCD2_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    (SCD2_FROM, "string", "Position of the change that opened this version."),
+    ("_lake_end_seq", "string", "Position of the change that closed it (the next version or a delete); null while current."),
+    ("_valid_from", "sequence_by", "sequence_by value of the change that opened the version; null: since the first full load."),
+    ("_valid_to", "sequence_by", "sequence_by value of the change that closed it; null while current. "
+                                 "A point-in-time query: _valid_from <= t < _valid_to."),
+    (SCD2_CURRENT, "boolean", "Whether this is the key's current version."),
+)
 _DECIMAL = re.compile(r"^decimal\((\d+),(\d+)\)$")
 
 
@@ -48,7 +57,7 @@ def iceberg_type_name(registry_type: str) -> str:
 
 
 def lake_columns(table: TableConfig) -> tuple[tuple[str, str, str], ...]:
-    return LAKE_COLUMNS + (HISTORY_COLUMNS if table.mode == "history" else ())
+    return LAKE_COLUMNS + _MODE_COLUMNS[table.mode]
 
 
 def _constraints(table: TableConfig, name: str) -> TableColumnConstraints | None:
@@ -60,8 +69,9 @@ def _tags(table: TableConfig, name: str) -> dict[str, str] | None:
 
 
 # The lake's columns as schema entries, built once: 3,000 tables share them.
+_MODE_COLUMNS = {"current": (), "history": HISTORY_COLUMNS, "scd2": SCD2_COLUMNS}
 _LAKE_TABLE_COLUMNS = {mode: tuple(TableColumn(name, typ, text) for name, typ, text in LAKE_COLUMNS + extra)
-                       for mode, extra in (("current", ()), ("history", HISTORY_COLUMNS))}
+                       for mode, extra in _MODE_COLUMNS.items()}
 
 
 def registry_column_schema(table: TableConfig) -> TableSchema | None:
@@ -72,8 +82,18 @@ def registry_column_schema(table: TableConfig) -> TableSchema | None:
     return TableSchema(columns=[
         *(TableColumn(c.name, iceberg_type_name(c.type), column_description(table, c.name, c.description),
                       _constraints(table, c.name), _tags(table, c.name)) for c in table.columns),
-        *_LAKE_TABLE_COLUMNS[table.mode],
+        *_lake_table_columns(table),
     ])
+
+
+def _lake_table_columns(table: TableConfig) -> tuple[TableColumn, ...]:
+    if table.mode != "scd2":
+        return _LAKE_TABLE_COLUMNS[table.mode]
+    # _valid_from and _valid_to hold sequence_by values: the declared type of that column
+    declared = {c.name: c.type for c in table.columns or ()}
+    typ = iceberg_type_name(declared.get(table.sequence_by or "", "string"))
+    return tuple(TableColumn(c.name, typ if c.type == "sequence_by" else c.type, c.description)
+                 for c in _LAKE_TABLE_COLUMNS["scd2"])
 
 
 def row_count(snapshot: Snapshot | None) -> int | None:

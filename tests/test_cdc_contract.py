@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from unittest import mock
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
@@ -39,6 +39,7 @@ tables:
     {seq_line}
     mode: {mode}
     write: {write}
+    {track_line}
     columns:
       - {{name: seq, type: "{seq_type}"}}
       - {{name: id, type: long}}
@@ -146,6 +147,22 @@ def rewrite_histories(draw):
             "lookup": draw(st.sampled_from(["local", "object_store"]))}
 
 
+@st.composite
+def scd2_histories(draw):
+    """Type-2 history under the same hostile deliveries: late changes split versions, deletes close
+    them, reloads close what the new load lacks; with or without track_history_on."""
+    kind = draw(st.sampled_from([k for k in KINDS if k is not None]))  # scd2 needs sequence_by
+    h = {**draw(histories()), "kind": kind}
+    ingests = draw(st.lists(st.lists(st.one_of(
+        st.tuples(st.just("cdc"), st.integers(0, 6), st.lists(change(kind, h["fmt"]), min_size=1, max_size=6)),
+        st.tuples(st.just("load"), st.integers(0, 3), st.lists(load_row(kind, h["fmt"]), max_size=4)),
+        st.tuples(st.just("copy"), st.integers(0, 20), st.integers(7, 12)),
+        st.tuples(st.just("again"), st.integers(0, 20), st.just(0)),
+    ), min_size=1, max_size=4), min_size=1, max_size=5))
+    return {**h, "mode": "scd2", "ingests": ingests, "reload_at": draw(st.one_of(st.none(), st.integers(0, len(ingests) - 1))),
+            "track": draw(st.sampled_from([None, ("val",), ("val", "note")]))}
+
+
 EXAMPLES = int(os.environ.get("LAKE_CONTRACT_EXAMPLES", "120"))
 
 
@@ -161,16 +178,26 @@ def test_rows_replaced_again_and_again_match_the_oracle(h):
     check_history(h)
 
 
+@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink])
+@given(h=scd2_histories())
+def test_type2_history_matches_the_oracle(h):
+    check_history(h)
+
+
 def check_history(h):
     kind = h["kind"]
     as_object_store = mock.patch("lake_assets.core.cdc.inprocess._local_path", return_value=None)
     with tempfile.TemporaryDirectory() as tmp, as_object_store if h["lookup"] == "object_store" else contextlib.nullcontext():
         seq_type = kind or "long"
+        track = h.get("track")
         source = SOURCE.format(fmt=h["fmt"], mode=h["mode"], seq_type=seq_type, write=h["write"],
-                               seq_line="sequence_by: seq" if kind else "")
+                               seq_line="sequence_by: seq" if kind else "",
+                               track_line=f"track_history_on: {list(track)}" if track else "")
         lake = make_lake(Path(tmp), {"prop": source})
         folder = lake.landing / "prop" / "app" / "items"
-        oracle = TableOracle(columns=DATA, sequence=kind, mode=h["mode"])
+        oracle = TableOracle(columns=DATA, sequence=kind, mode=h["mode"], track_history_on=track)
+        current_oracle = TableOracle(columns=DATA, sequence=kind)  # what an scd2 table's current versions must be
         landing = LandingOracle()
         written: list[Path] = []  # every file landed, in order ("again" picks from them)
         cdc_written: list[Path] = []  # CDC files ("copy" picks from them: a LOAD file's bytes under a CDC name would not read)
@@ -206,6 +233,7 @@ def check_history(h):
             batch = landing.arrivals(state)
             pending_reload = pending_reload or reload
             oracle.merge(batch, reload_requested=pending_reload)
+            current_oracle.merge(batch, reload_requested=pending_reload)
             if any(f.load_number is not None for f in batch):
                 pending_reload = False
 
@@ -215,6 +243,21 @@ def check_history(h):
             got_rows = sorted(({**r, "seq": _comparable(kind, r["seq"])} for r in got), key=lambda r: r["id"])
             want = [{**r, "seq": _comparable(kind, r["seq"])} for r in oracle.current_rows()]
             assert got_rows == want
+        elif h["mode"] == "scd2":
+            def typed(r):
+                def one(v):
+                    v = _comparable(kind, v)
+                    return v.astimezone(dt.UTC) if isinstance(v, dt.datetime) else v  # one tzinfo: reprs compare
+                return {**r, **{c: one(r[c]) for c in ("seq", "_valid_from", "_valid_to")}}
+
+            columns = [*DATA, "_valid_from", "_valid_to", "_is_current"]
+            got = [typed({c: r[c] for c in columns}) for r in _rows_or_empty(lake, "prop.items")]
+            want = [typed(r) for r in oracle.scd2_rows()]
+            key = lambda r: (r["id"], repr(r["_valid_from"]), repr(r["_valid_to"]), r["_is_current"], r["val"], repr(r["note"]))  # noqa: E731
+            assert sorted(got, key=key) == sorted(want, key=key)
+            current = sorted(({c: r[c] for c in DATA} for r in got if r["_is_current"]), key=lambda r: r["id"])
+            assert len({r["id"] for r in current}) == len(current), "two current versions of a key"
+            assert current == [{**r, "seq": _comparable(kind, r["seq"])} for r in current_oracle.current_rows()]
         else:
             got = sorted((r["_lake_file"], r["_lake_row"], r["_lake_op"], r["id"], r["val"]) for r in _rows_or_empty(lake, "prop.items"))
             want = sorted((r["_lake_file"], r["_lake_row"], r["_lake_op"], r["id"], r["val"]) for r in oracle.history)

@@ -38,7 +38,7 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x fas
 TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[\d+\]|truncate\[\d+\])$")
 
 Format = Literal["parquet", "csv"]
-Mode = Literal["current", "history"]
+Mode = Literal["current", "history", "scd2"]
 Engine = Literal["inprocess", "spark"]
 # How a merge removes replaced rows: rewrite the data files that hold them (copy-on-write), write
 # position-delete files (merge-on-read), or choose per data file by the share of its rows replaced.
@@ -202,6 +202,33 @@ def _primary_key_problem(v: tuple[str, ...], info: ValidationInfo) -> tuple[str,
     return v
 
 
+def _selection_problem(t: Any) -> str | None:
+    """scd2's options and the column selection, checked against each other and the declared columns."""
+    if t.mode == "scd2" and t.sequence_by is None:
+        return ("field sequence_by: mode scd2 needs sequence_by: a version's _valid_from and _valid_to are "
+                "the sequence_by values of the changes that open and close it")
+    if t.track_history_on is not None and t.mode != "scd2":
+        return f"field track_history_on: only mode scd2 tracks history on columns (mode is {t.mode})"
+    if t.except_columns and t.include_columns is not None:
+        return "field except_columns: use except_columns or include_columns, not both"
+    for field_name in ("except_columns", "include_columns", "track_history_on"):
+        names = getattr(t, field_name) or ()
+        for c in names:
+            check_identifier(c, f"{field_name} column")
+        if t.columns is not None:
+            missing = [c for c in names if c not in {col.name for col in t.columns}]
+            if missing:
+                return f"field {field_name}: column(s) {missing} are not in columns"
+    kept = [c for c in t.except_columns if c in t.primary_key or c == t.sequence_by]
+    if kept:
+        return f"field except_columns: {kept} are the primary key or sequence_by, which always land"
+    dropped = [c for c in (t.track_history_on or ()) if c in t.except_columns
+               or (t.include_columns is not None and c not in t.include_columns and c not in t.primary_key)]
+    if dropped:
+        return f"field track_history_on: column(s) {dropped} do not land in the table (except_columns / include_columns)"
+    return None
+
+
 def _table_name(v: str) -> str:
     check_identifier(v, "table name")
     if v.endswith(TOMBSTONE_SUFFIX) or v.endswith(QUARANTINE_SUFFIX):
@@ -255,6 +282,30 @@ class _TableRules(_Strict):
         return check_cron(v)
 
 
+class MaintenanceSpec(_Strict):
+    """How a table is kept fast and bounded (lake_assets/core/maintenance.py): when maintenance runs,
+    and what it keeps."""
+
+    schedule: str | None = "0 3 * * *"  # cron; None: only when materialized by hand
+    target_file_mb: int = Field(default=128, ge=1)
+    small_file_share: float = Field(default=0.75, gt=0, le=1)  # files under this share of the target are compacted
+    min_files_to_compact: int = Field(default=2, ge=2)
+    keep_snapshots: int = Field(default=5, ge=1)
+    max_snapshot_age_hours: float = Field(default=24.0, ge=0)
+    orphan_age_hours: float = Field(default=24.0, ge=0)
+    max_manifests: int = Field(default=8, ge=1)
+    max_delete_files: int = Field(default=4, ge=0)  # data files with more delete files than this are rewritten
+    small_files_warn: int = Field(default=200, ge=1)  # the health check warns above these
+    snapshots_warn: int = Field(default=500, ge=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v == "on_arrival":
+            raise ValueError("maintenance.schedule must be a cron expression or null")
+        return check_cron(v)
+
+
 class TableDefaults(_Strict):
     """Settings a source sets once for all its tables; a table may override each."""
 
@@ -267,6 +318,7 @@ class TableDefaults(_Strict):
     tombstone_retention_days: int = Field(default=7, ge=0)
     quarantine_max_rate: float = Field(default=0.01, ge=0, le=1)
     owners: tuple[str, ...] = ()
+    maintenance: MaintenanceSpec = MaintenanceSpec()
 
     @field_validator("refresh")
     @classmethod
@@ -295,6 +347,10 @@ class TableSpec(_TableRules):
     tombstone_retention_days: int | None = Field(default=None, ge=0)
     quarantine_max_rate: float | None = Field(default=None, ge=0, le=1)
     owners: tuple[str, ...] | None = None
+    track_history_on: tuple[str, ...] | None = None
+    except_columns: tuple[str, ...] = ()
+    include_columns: tuple[str, ...] | None = None
+    maintenance: MaintenanceSpec | None = None
 
 
 class SourceSpec(_Strict):
@@ -340,6 +396,11 @@ class TableConfig(_TableRules):
     owners: tuple[str, ...]
     description: str | None
     config_file: str
+    # scd2: only changes to these columns open a new version (None: every column but sequence_by)
+    track_history_on: tuple[str, ...] | None = None
+    except_columns: tuple[str, ...] = ()  # source columns that never land in the table
+    include_columns: tuple[str, ...] | None = None  # when set, only these (and the key and sequence) land
+    maintenance: MaintenanceSpec = MaintenanceSpec()
 
     @field_validator("source")
     @classmethod
@@ -351,6 +412,21 @@ class TableConfig(_TableRules):
         if self.format == "csv" and not self.csv.header and self.columns is None:
             raise ValueError("field columns: header-less CSV needs the ordered column list")
         return self
+
+    @model_validator(mode="after")
+    def _history_options(self) -> TableConfig:
+        problem = _selection_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def lands(self, column: str) -> bool:
+        """Whether a source column lands in the table (except_columns / include_columns)."""
+        if column in self.primary_key or column == self.sequence_by:
+            return True
+        if column in self.except_columns:
+            return False
+        return self.include_columns is None or column in self.include_columns
 
     @property
     def schema(self) -> str:  # type: ignore[override]
@@ -504,6 +580,10 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                     owners=pick("owners"),
                     description=t.description,
                     config_file=str(path),
+                    track_history_on=t.track_history_on,
+                    except_columns=t.except_columns,
+                    include_columns=t.include_columns,
+                    maintenance=pick("maintenance"),
                 )
             )
         except ValidationError as e:  # a rule of the table with its source defaults applied

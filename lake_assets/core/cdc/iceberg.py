@@ -177,7 +177,7 @@ def create_source_table(
         with txn.update_spec() as spec:
             for p in table.partition_by:
                 spec.add_field(p.column, parse_transform(p.transform), f"{p.column}_{p.transform.split('[')[0]}")
-    if table.mode == "current":  # rows sorted by key within each file: narrow key ranges to prune merges on
+    if table.mode in ("current", "scd2"):  # rows sorted by key within each file: narrow key ranges to prune merges on
         with txn.update_sort_order() as order:
             for k in table.primary_key:
                 order.asc(k, IdentityTransform())

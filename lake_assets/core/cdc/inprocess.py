@@ -30,7 +30,8 @@ from lake_assets.core.cdc.batch import SEQ, LandedInput
 from lake_assets.core.cdc.deletes import OverwriteWithDeletes, deleted_positions, partition_values, write_position_deletes
 from lake_assets.core.cdc.dms import OP
 from lake_assets.core.cdc.iceberg import committed_batches, conform
-from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, merge_batch
+from lake_assets.core.cdc.pipeline import CommitPlan, Committed, Held, MergeResult, merge_batch
+from lake_assets.core.cdc.scd2 import IS_CURRENT
 from lake_assets.core.cdc.semantics import WIN, Classification, outcome_sql, quote
 from lake_assets.core.registry import TableConfig
 
@@ -242,6 +243,53 @@ class InProcessWriter:
         finally:
             con.close()
         return Classification(outcome, _Touched(tasks, removed, live, gone))
+
+    def hold(self, tbl: Table, wanted: pa.Table | None, keys: tuple[str, ...], result: MergeResult) -> Held:
+        """Whole rows of the candidate files (every file when `wanted` is None: a reload of an scd2
+        table, which needs every current version), read one file at a time and filtered by key."""
+        identifier = result.table
+        empty_schema = tbl.schema().as_arrow()
+        if tbl.current_snapshot() is None:
+            return Held(empty_schema.empty_table(), _Touched([], pa.table({FILE_IX: pa.array([], pa.int64()),
+                                                                         POS: pa.array([], pa.int64())}), {}, {}))
+        if wanted is None:
+            tasks = list(tbl.scan().plan_files())
+            result.files_in_table = len(tasks)
+        else:
+            tasks, result.files_in_table = candidate_tasks(tbl, wanted, keys)
+        result.files_read = len(tasks)
+        gone = _deleted(tbl, tasks)
+        parts, live = [], {}
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if wanted is not None:
+                con.register("w", pa.table({k: wanted.column(k) for k in keys}))
+            for i, task in enumerate(tasks):
+                data, positions = _original_positions(tbl, identifier, task, None, gone.get(i))
+                live[i] = data.num_rows
+                data = data.append_column(FILE_IX, pa.array([i] * data.num_rows, pa.int64())).append_column(POS, positions)
+                con.register("d", data)
+                if wanted is None:
+                    picked = con.execute(f"SELECT * FROM d WHERE {quote(IS_CURRENT)}").arrow().read_all()
+                else:
+                    on = " AND ".join(f"d.{quote(k)} = w.{quote(k)}" for k in keys)
+                    picked = con.execute(f"SELECT * FROM d SEMI JOIN w ON {on}").arrow().read_all()
+                con.unregister("d")
+                parts.append(picked)
+        finally:
+            con.close()
+        rows = pa.concat_tables(parts, promote_options="permissive") if parts else empty_schema.empty_table()
+        if not parts:
+            rows = rows.append_column(FILE_IX, pa.array([], pa.int64())).append_column(POS, pa.array([], pa.int64()))
+        located = rows.select([FILE_IX, POS])
+        return Held(rows.drop_columns([FILE_IX, POS]), _Touched(tasks, located, live, gone))
+
+    def removing(self, held: Held, removed: pa.Array) -> object:
+        touched = held.private
+        assert isinstance(touched, _Touched)
+        return _Touched(touched.tasks, touched.removed.take(removed).sort_by([(FILE_IX, "ascending"), (POS, "ascending")]),
+                        touched.live, touched.gone)
 
     def commit(self, catalog: Catalog, tbl: Table, plan: CommitPlan) -> Committed:
         txn = tbl.transaction()

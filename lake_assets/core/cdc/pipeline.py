@@ -25,6 +25,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
+from lake_assets.core.cdc import scd2
 from lake_assets.core.cdc.batch import FILE, SEQ, ChangeBatch, LandedInput, read_batch
 from lake_assets.core.cdc.dms import OP, ROW
 from lake_assets.core.cdc.iceberg import (
@@ -50,7 +51,7 @@ from lake_assets.core.cdc.semantics import (
     reload_classification,
     winners,
 )
-from lake_assets.core.cdc.sidecars import load_tombstones, update_tombstones, write_quarantine
+from lake_assets.core.cdc.sidecars import load_tombstones, update_delete_events, update_tombstones, write_quarantine
 from lake_assets.core.registry import TableConfig
 
 LAKE_OP = "_lake_op"
@@ -128,11 +129,25 @@ def history_rows(changes: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table
     return out.append_column(LAKE_ROW, changes.column(ROW))
 
 
-def table_schema_for(batch: ChangeBatch, history: bool) -> pa.Schema:
+def table_schema_for(batch: ChangeBatch, mode: str) -> pa.Schema:
     """The Arrow schema a batch's table has (tables are created and evolved from it)."""
     sample = batch.changes.slice(0, 0)
     now = dt.datetime.now(dt.UTC)
-    return (history_rows(sample, "", now) if history else with_lake_columns(sample, "", now)).schema
+    if mode == "history":
+        return history_rows(sample, "", now).schema
+    current = with_lake_columns(sample, "", now).schema
+    if mode == "scd2":
+        assert batch.table.sequence_by is not None  # the registry requires it for scd2
+        return scd2.schema_of(current, sample.schema.field(batch.table.sequence_by).type)
+    return current
+
+
+def landing_columns(batch: ChangeBatch) -> ChangeBatch:
+    """The batch without the source columns the registry keeps out (except_columns / include_columns)."""
+    dropped = [c for c in batch.changes.column_names if c not in (OP, ROW, FILE, SEQ) and not batch.table.lands(c)]
+    if dropped:
+        batch.changes = batch.changes.drop_columns(dropped)
+    return batch
 
 
 @dataclass
@@ -146,8 +161,9 @@ class CommitPlan:
     summary: dict[str, str]
     reload: bool
     history: bool
-    rows: pa.Table  # history: every change; current: the winners, their lake columns included
-    classification: Classification | None = None  # current mode
+    rows: pa.Table  # history: every change; current: the winners, their lake columns included;
+    # scd2: the versions written and the held versions removed (classification.outcome says which)
+    classification: Classification | None = None  # current and scd2 modes
 
 
 @dataclass
@@ -156,10 +172,26 @@ class Committed:
     files_rewritten: int = 0
 
 
+@dataclass
+class Held:
+    """Rows the table holds for some keys (all its columns), and what the engine needs to remove them."""
+
+    rows: pa.Table
+    private: object = None
+
+
 class TableWriter(Protocol):
     """An engine: how winners are compared with the table and how the plan is written."""
 
     name: str
+
+    def hold(self, tbl: Table, wanted: pa.Table | None, keys: tuple[str, ...], result: MergeResult) -> Held:
+        """Every row of the table whose key is in `wanted` (None: every current scd2 version)."""
+        ...
+
+    def removing(self, held: Held, removed: pa.Array) -> object:
+        """The Classification.private that makes the commit remove these held rows (indices)."""
+        ...
 
     def classify(self, tbl: Table, win: pa.Table, keys: tuple[str, ...], result: MergeResult) -> Classification:
         """Each winner's outcome by `semantics.outcome_sql` against the rows the table holds."""
@@ -203,8 +235,9 @@ def merge_batch(
             result.snapshot_id = int(done["snapshot-id"])
             return result
 
+    batch = landing_columns(batch)
     history = table.mode == "history"
-    schema = table_schema_for(batch, history)
+    schema = table_schema_for(batch, table.mode)
     if tbl is None:
         tbl = create_source_table(catalog, table, schema, sequence_kind=batch.sequence_kind.value if batch.sequence_kind else None,
                                   files=result.files)
@@ -215,17 +248,26 @@ def merge_batch(
     result.schema_changes = list(evolution.changes)
 
     tombstones = None
+    deletes = None
+    extra: dict[str, str] = {}
     if history:
         rows = history_rows(batch.changes, batch_id, now)
         result.appended = rows.num_rows
         classification = None
+    elif table.mode == "scd2":
+        tombstones = None if loads.reload else load_tombstones(catalog, table, now=now)
+        era = scd2.table_era(tbl) + (1 if loads.reload else 0)
+        rows, classification, deletes = _scd2(writer, tbl, batch, batch_id, now, loads, tombstones, era, schema, result)
+        extra = {scd2.ERA: str(era)}
     else:
         tombstones = None if loads.reload else load_tombstones(catalog, table, now=now)
         rows, classification = _current(writer, tbl, batch, batch_id, now, loads, tombstones, result)
 
     # Sidecars before the commit that makes the batch visible; each is idempotent by batch id.
     result.quarantined = write_quarantine(catalog, table, batch_id, batch.quarantined, now, batch.versions)
-    if classification is not None:
+    if deletes is not None:
+        update_delete_events(catalog, table, batch_id, old=tombstones, deletes=deletes, reload=loads.reload, now=now)
+    elif classification is not None:
         keys = list(table.primary_key)
         update_tombstones(
             catalog, table, batch_id, old=tombstones,
@@ -235,8 +277,10 @@ def merge_batch(
     # Per-file counts travel with the commit: a ledger reconciled after a crash still knows which
     # files gave the table nothing (no rows, or every row quarantined).
     per_file = {"lake.per-file": json.dumps({k: list(v) for k, v in batch.per_file.items()}, separators=(",", ":"))}
-    summary = batch_summary(batch_id, result.files, result.counts(), loads.summary() | per_file)
-    plan = CommitPlan(table, batch_id, evolution, summary, loads.reload, history, rows, classification)
+    summary = batch_summary(batch_id, result.files, result.counts(), loads.summary() | per_file | extra)
+    # scd2 keeps the history before a reload: its commit removes and writes versions like any batch.
+    replaces = loads.reload and table.mode != "scd2"
+    plan = CommitPlan(table, batch_id, evolution, summary, replaces, history, rows, classification)
     failpoint("before_commit")
     committed = writer.commit(catalog, tbl, plan)
     failpoint("after_commit")
@@ -244,6 +288,32 @@ def merge_batch(
     result.files_rewritten = committed.files_rewritten
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _scd2(writer: TableWriter, tbl: Table, batch: ChangeBatch, batch_id: str, now: dt.datetime, loads: LoadDecision,
+          tombstones: pa.Table | None, era: int, schema: pa.Schema,
+          result: MergeResult) -> tuple[pa.Table, Classification, pa.Table]:
+    """The versions a batch writes and removes in an scd2 table, rebuilt per key by `scd2.rebuild`."""
+    table = batch.table
+    keys = table.primary_key
+    assert table.sequence_by is not None
+    changes = scd2.with_era(batch.changes, era)
+    wanted = None if loads.reload else pa.table({k: changes.column(k) for k in keys})
+    held = writer.hold(tbl, wanted, keys, result)
+    rows_schema = pa.unify_schemas([schema, held.rows.schema], promote_options="permissive")
+    rebuilt = scd2.rebuild(held.rows, changes, tombstones, keys=keys, sequence_by=table.sequence_by,
+                           track_history_on=table.track_history_on, era=era, reload=loads.reload,
+                           batch_id=batch_id, now=now, schema=rows_schema)
+    if rebuilt.quarantined:  # late changes that cannot be placed exactly: counted like bad rows
+        for file, q in scd2.quarantine_rows(changes, rebuilt.quarantined):
+            batch.quarantined.append((file, q))
+            n, bad = batch.per_file.get(file, (0, 0))
+            batch.per_file[file] = (n, bad + 1)
+    classification = Classification(rebuilt.outcome, writer.removing(held, rebuilt.removed))
+    result.inserted = classification.count(INSERT)
+    result.updated = classification.count(UPDATE)
+    result.deleted = rebuilt.closed_by_delete
+    return rebuilt.rows, classification, rebuilt.deletes
 
 
 def _current(writer: TableWriter, tbl: Table, batch: ChangeBatch, batch_id: str, now: dt.datetime,

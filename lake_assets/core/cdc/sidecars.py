@@ -142,6 +142,36 @@ def update_tombstones(
     return kept.num_rows
 
 
+def update_delete_events(catalog: Catalog, table: TableConfig, batch_id: str, *, old: pa.Table | None,
+                         deletes: pa.Table, reload: bool, now: dt.datetime) -> int:
+    """scd2 tables keep every delete for the retention period, not one per key: a late change that
+    lands between two deletes of a key is closed by the later one (cdc/scd2.py).
+
+    deletes: key columns, _lake_seq and _valid_to of this batch's deletes. Returns the number kept."""
+    keys = list(table.primary_key)
+    identifier = tombstone_identifier(table.source, table.name)
+    if deletes.num_rows == 0 and (not reload or load_table(catalog, identifier) is None):
+        return 0 if old is None else old.num_rows  # nothing new; expired ones go with the next write
+    new = deletes.append_column(DELETED_AT, pa.array([now] * deletes.num_rows, pa.timestamp("us", tz="UTC")))
+    kept = new
+    if old is not None and not reload and old.num_rows:
+        cutoff = pa.scalar(now - dt.timedelta(days=table.tombstone_retention_days), old.column(DELETED_AT).type)
+        fresh = old.filter(pc.greater_equal(old.column(DELETED_AT), cutoff)).select(new.schema.names)
+        known = set(zip(*(fresh.column(c).to_pylist() for c in keys + [SEQ])))
+        is_new = [k not in known for k in zip(*(new.column(c).to_pylist() for c in keys + [SEQ]))]
+        kept = pa.concat_tables([fresh, new.filter(pa.array(is_new, pa.bool_()))], promote_options="permissive")
+    tbl = load_or_create(catalog, identifier, new.schema)
+    if batch_id in committed_batches(tbl):
+        return kept.num_rows
+    txn = tbl.transaction()
+    with warnings.catch_warnings():  # an empty tombstone table "matches no records": expected
+        warnings.simplefilter("ignore", UserWarning)
+        txn.overwrite(conform(kept, txn.table_metadata.schema().as_arrow()),
+                      snapshot_properties=batch_summary(batch_id, [], {"tombstones": kept.num_rows}))
+    txn.commit_transaction()
+    return kept.num_rows
+
+
 def rollback_sidecars(catalog: Catalog, table: TableConfig, batch_id: str) -> list[str]:
     """Undo what an abandoned (never committed) batch wrote to the sidecar tables. Returns what it undid."""
     undone = []

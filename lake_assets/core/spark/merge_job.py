@@ -42,7 +42,8 @@ import pyarrow.parquet as pq
 from lake_assets.core.cdc.batch import SEQ, LandedInput
 from lake_assets.core.cdc.dms import OP, LandingKeyError, parse_landing_key
 from lake_assets.core.cdc.iceberg import arrow_schema_of, committed_batches, conform
-from lake_assets.core.cdc.pipeline import CommitPlan, Committed, MergeResult, env_failpoint, merge_batch
+from lake_assets.core.cdc.pipeline import CommitPlan, Committed, Held, MergeResult, env_failpoint, merge_batch
+from lake_assets.core.cdc.scd2 import FROM_SEQ, IS_CURRENT
 from lake_assets.core.cdc.semantics import DELETE, INSERT, UPDATE, WIN, Classification, outcome_sql
 from lake_assets.core.landing import LocalLandingZone, S3LandingZone
 from lake_assets.core.registry import TableConfig
@@ -258,6 +259,31 @@ class SparkWriter:
         assert outcomes.column("wi").to_pylist() == list(range(win.num_rows)), "Spark lost or duplicated winners"
         return Classification(outcomes.column("outcome").combine_chunks())
 
+    def hold(self, tbl, wanted: pa.Table | None, keys: tuple[str, ...], result: MergeResult) -> Held:
+        """The table's rows of the wanted keys (None: every current scd2 version), through Spark."""
+        from pyspark.sql.types import StructType
+
+        ident = spark_identifier_of(result.table)
+        view = None
+        if wanted is None:
+            query = f"SELECT * FROM {ident} WHERE `{IS_CURRENT}`"
+        else:
+            table_fields = {f.name: f for f in self.spark.table(ident).schema.fields}
+            location = self.scratch.write("wanted", pa.table({k: wanted.column(k) for k in keys}))
+            view = f"lake_wanted_{uuid.uuid4().hex[:12]}"
+            self.spark.read.schema(StructType([table_fields[k] for k in keys])).parquet(location).createOrReplaceTempView(view)
+            query = f"SELECT t.* FROM {ident} t LEFT SEMI JOIN {view} w ON {_on(keys, 't', 'w')}"
+        try:
+            out = self.scratch.location("held")
+            self.spark.sql(query).write.mode("overwrite").parquet(out)
+        finally:
+            if view is not None:
+                self.spark.catalog.dropTempView(view)
+        return Held(conform(self.scratch.read(out), arrow_schema_of(tbl)))
+
+    def removing(self, held: Held, removed: pa.Array) -> object:
+        return None  # the MERGE finds the versions it removes by key and opening position
+
     def commit(self, catalog, tbl, plan: CommitPlan) -> Committed:
         from pyspark.sql import functions as F
         from pyspark.sql.types import StringType, StructField, StructType
@@ -297,7 +323,9 @@ class SparkWriter:
                     view = f"lake_source_{uuid.uuid4().hex[:12]}"
                     source.createOrReplaceTempView(view)
                     try:
-                        self.spark.sql(merge_sql(ident, view, plan.table.primary_key, [f.name for f in target]))
+                        # scd2 rows are versions: one per key and opening position
+                        match = plan.table.primary_key + ((FROM_SEQ,) if plan.table.mode == "scd2" else ())
+                        self.spark.sql(merge_sql(ident, view, match, [f.name for f in target]))
                     finally:
                         self.spark.catalog.dropTempView(view)
                 elif action == "append":
