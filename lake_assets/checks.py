@@ -173,7 +173,9 @@ def ledger_reconciled(table: TableConfig, key: AssetKey, tbl: Table | None, entr
 
     committed_files: set[str] = set()
     if tbl is not None:
-        for summary in committed_batches(tbl).values():
+        # Batches whose snapshots maintenance expired are proven by the records the ledger kept.
+        kept = lake.ledger.kept_batches(table.identifier)
+        for summary in [*committed_batches(tbl).values(), *kept.values()]:
             committed_files.update(json.loads(summary.get("lake.files", "[]")))
     ledger_committed = {e.key for e in entries if e.status in (COMMITTED, QUARANTINED)}
     missing = sorted(ledger_committed - committed_files)

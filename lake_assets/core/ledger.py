@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import json
 import os
 import random
 import socket
@@ -142,6 +143,8 @@ class FileLedger(Protocol):
     def clear_reload(self, table_id: str) -> None: ...
     def lock_table(self, table_id: str, *, wait_seconds: float, lease_seconds: float = 60.0) -> TableLock: ...
     def lock_holder(self, table_id: str) -> LockHolder | None: ...
+    def keep_batches(self, table_id: str, records: dict[str, dict[str, str]]) -> None: ...
+    def kept_batches(self, table_id: str) -> dict[str, dict[str, str]]: ...
 
 
 _SCHEMA = """
@@ -179,6 +182,14 @@ CREATE TABLE IF NOT EXISTS reload_requests (
     table_id TEXT PRIMARY KEY,
     requested_by TEXT NOT NULL,
     requested_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kept_batches (
+    table_id TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    snapshot_id BIGINT NOT NULL,
+    summary TEXT NOT NULL,
+    kept_at TEXT NOT NULL,
+    PRIMARY KEY (table_id, batch_id)
 )
 """
 
@@ -654,6 +665,23 @@ class SqlFileLedger:
                   lambda cur: self._exec(cur, "DELETE FROM reload_requests WHERE table_id = ?", (table_id,)))
 
     # --- table locks ----------------------------------------------------------------------------
+
+    def keep_batches(self, table_id: str, records: dict[str, dict[str, str]]) -> None:
+        """Keep the snapshot summaries of committed batches whose snapshots maintenance expires: the
+        record that proves them committed outlives the snapshot (`kept_batches`)."""
+        def run(cur) -> None:
+            for batch_id, summary in records.items():
+                self._exec(cur, "INSERT INTO kept_batches (table_id, batch_id, snapshot_id, summary, kept_at) VALUES (?, ?, ?, ?, ?) "
+                                "ON CONFLICT (table_id, batch_id) DO NOTHING",
+                           (table_id, batch_id, int(summary["snapshot-id"]), json.dumps(summary, sort_keys=True), _now()))
+        self._run(f"keeping {len(records)} batch records of table {table_id}", run)
+
+    def kept_batches(self, table_id: str) -> dict[str, dict[str, str]]:
+        """batch id -> snapshot summary of the table's batches whose snapshots have expired."""
+        def run(cur) -> dict[str, dict[str, str]]:
+            self._exec(cur, "SELECT batch_id, summary FROM kept_batches WHERE table_id = ?", (table_id,))
+            return {b: json.loads(s) for b, s in cur.fetchall()}
+        return self._run(f"reading the kept batch records of table {table_id}", run, write=False)
 
     def lock_table(self, table_id: str, *, wait_seconds: float, lease_seconds: float = 60.0) -> TableLock:
         """The one lock a merge of the table holds, whoever merges (ingest command, Dagster run,

@@ -293,6 +293,7 @@ class MaintenanceSpec(_Strict):
     keep_snapshots: int = Field(default=5, ge=1)
     max_snapshot_age_hours: float = Field(default=24.0, ge=0)
     orphan_age_hours: float = Field(default=24.0, ge=0)
+    quarantine_retention_days: int = Field(default=30, ge=0)
     max_manifests: int = Field(default=8, ge=1)
     max_delete_files: int = Field(default=4, ge=0)  # data files with more delete files than this are rewritten
     small_files_warn: int = Field(default=200, ge=1)  # the health check warns above these
