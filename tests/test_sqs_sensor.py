@@ -350,3 +350,16 @@ def test_from_put_object_to_a_merged_glue_table(aws):
     assert sorted((r["order_id"], r["total"]) for r in table.scan(selected_fields=("order_id", "total")).to_arrow().to_pylist()) == [
         (1, 1.0), (2, 20.0)]
     assert {e.status for e in lake.ledger.entries(ORDERS)} == {"committed"}
+
+
+def test_the_queue_setting_reaches_child_processes(tmp_path):
+    from lake_assets.core.settings import LakeSettings
+
+    base = {"LAKE_ENV": "aws", "LAKE_WAREHOUSE_URI": "s3://w", "LAKE_LANDING_BUCKET": "b", "LAKE_LEDGER_DSN": "host=db",
+            "LAKE_HOME": str(tmp_path)}
+    assert LakeSettings.from_env(base).arrivals_queue_url is None
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/lake-arrivals"
+    settings = LakeSettings.from_env({**base, "LAKE_ARRIVALS_QUEUE_URL": url})
+    assert settings.arrivals_queue_url == url
+    assert LakeSettings.from_env({**settings.to_env(), "LAKE_LEDGER_DSN": "host=db"}).arrivals_queue_url == url
+    assert LakeSettings.local(tmp_path).arrivals_queue_url is None
