@@ -1,4 +1,5 @@
-"""The code location: every registry table as a source-aligned asset, the landing sensor, refresh
+"""The code location: every registry table as a source-aligned asset, the landing sensor (and the SQS
+sensor where the landing zone's notifications go to a queue), refresh
 schedules and the dbt layers, with resources picked once from the settings (LAKE_ENV and the rest).
 
 Nothing is built at import: Dagster calls `defs` (a `@definitions` function) when it loads the code
@@ -24,7 +25,7 @@ from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.jobs import ingest_jobs
 from lake_assets.landing_assets import landing_assets
 from lake_assets.schedules import build_refresh_schedules
-from lake_assets.sensors import build_landing_sensor
+from lake_assets.sensors import build_landing_sensor, build_sqs_sensor
 from resources.lake import LakeResource
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,17 @@ def _build_definitions(registry: Registry, with_dbt: bool, settings: LakeSetting
     jobs = ingest_jobs(registry)
     resources = lake_resources(registry, settings)
     lake_resource = resources["lake"]
+    if settings.arrivals_queue_url:
+        # A notification queue exists only once the AWS stack is in place: arrivals then run by
+        # default, from the queue, with the listing as the reconciliation behind it.
+        sensors = [build_sqs_sensor(registry, running=True, jobs=jobs),
+                   build_landing_sensor(registry, running=True, jobs=jobs, reconcile_only=True)]
+    else:
+        sensors = [build_landing_sensor(registry, running=settings.automation_running, jobs=jobs)]
     core = Definitions(
         assets=[*landing_assets(registry.by_source()), *source_aligned_assets(registry), *registry_error_specs(registry)],
         jobs=list(jobs.values()),
-        sensors=[build_landing_sensor(registry, running=settings.automation_running, jobs=jobs)],
+        sensors=sensors,
         schedules=build_refresh_schedules(registry, running=settings.automation_running, jobs=jobs),
         resources=resources,
         # Every run in one process (the UI's materializations, automation's dbt runs too): a step

@@ -19,10 +19,12 @@ if TYPE_CHECKING:  # the deployment (pyiceberg, SQLAlchemy: 0.7 s) is imported w
     from lake_assets.core.deployment import LakeEnvironment
     from lake_assets.core.landing import LandingZone
     from lake_assets.core.ledger import FileLedger
+    from lake_assets.core.notifications import ArrivalQueue
 
 
 class LakeResource(ConfigurableResource):
-    """The deployment the code runs in: Iceberg catalog, landing zone and file ledger."""
+    """The deployment the code runs in: Iceberg catalog, landing zone, file ledger and, where the
+    landing zone sends event notifications, their queue."""
 
     @property
     def settings(self) -> LakeSettings:
@@ -45,3 +47,7 @@ class LakeResource(ConfigurableResource):
     @property
     def ledger(self) -> FileLedger:
         return self._env.ledger
+
+    @property
+    def arrivals_queue(self) -> ArrivalQueue | None:
+        return self._env.arrivals

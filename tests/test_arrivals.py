@@ -127,3 +127,20 @@ def test_s3_objects_report_their_last_modified_time(monkeypatch):
         assert abs(obj.modified - dt.datetime.now(dt.UTC).timestamp()) < 60
     finally:
         server.stop()
+
+
+def test_a_local_landing_zone_is_listed_whole_even_with_a_cursor(lake):
+    """A directory walk costs the same with a cursor, and a local file may be rewritten in place:
+    the landing sensor's cursor does not narrow a local listing."""
+    from lake_assets.core.arrivals import ListingCursor
+
+    landing, ledger, registry = lake
+    land(landing, B, b"b")
+    first = record_arrivals(landing, ledger, registry, cursor=ListingCursor(), lag_seconds=0)
+    assert (first.recorded, first.full_listing, first.cursor) == ({ORDERS: 1}, True, None)
+    land(landing, A, b"a")  # sorts before B, lands after it
+    land(landing, B, b"b2", mtime=time.time() + 5)  # rewritten in place
+    second = record_arrivals(landing, ledger, registry, cursor=ListingCursor(after={"shop/app/orders/": B}, full_listed=True),
+                             lag_seconds=0)
+    assert (second.recorded, second.full_listing) == ({ORDERS: 2}, True)
+    assert sorted((e.key, e.file_version) for e in ledger.entries()) == [(A, 1), (B, 1), (B, 2)]

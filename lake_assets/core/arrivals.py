@@ -2,6 +2,9 @@
 still being written.
 
 The landing sensor and the demo command both call `record_arrivals`; its work is bounded per call.
+Where the landing zone lists from a key (S3), the sensor passes a `ListingCursor`: each table folder
+is listed after the newest CDC name already seen there, and every `full_every` passes the whole
+landing zone is listed once more, for what a cursor cannot see (see `ListingCursor`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
-from lake_assets.core.landing import LandingZone
+from lake_assets.core.landing import LandingZone, ListedObject
 from lake_assets.core.ledger import DUPLICATE, FileLedger, LandedFile
 from lake_assets.core.registry import Registry, TableConfig
 
@@ -25,6 +28,9 @@ class ArrivalReport:
     remaining: bool = False  # more new files than this call's limit
     settling: int = 0  # files changed less than settle_seconds ago: not read yet
     settled_at: float | None = None  # epoch seconds when the youngest settling file will have settled
+    cursor: ListingCursor | None = None  # where the next call's listing resumes (given a cursor)
+    listed: int = 0  # objects the listing returned
+    full_listing: bool = True  # whether the whole landing zone was listed
 
     @property
     def total(self) -> int:
@@ -40,6 +46,9 @@ class ArrivalReport:
         self.rerouted += later.rerouted
         self.remaining = later.remaining
         self.settling, self.settled_at = later.settling, later.settled_at
+        self.cursor = later.cursor
+        self.listed += later.listed
+        self.full_listing = self.full_listing or later.full_listing
         return self
 
     @property
@@ -47,6 +56,52 @@ class ArrivalReport:
         """Deliveries not merged again because their content is already recorded (identical
         re-deliveries plus copies under another key)."""
         return self.identical + len(self.content_duplicates)
+
+
+FULL_LISTING_EVERY = 12  # incremental passes between two full listings
+CURSOR_LAG_SECONDS = 900.0  # a folder's cursor passes only names landed at least this long ago
+LISTING_SECONDS = 30.0  # an incremental pass stops after this long; the next call goes on from there
+
+
+@dataclass
+class ListingCursor:
+    """Where the landing sensor's listing resumes, kept in the sensor's cursor.
+
+    `after`: per table folder, the key S3 lists after (`StartAfter`). It only ever moves to a
+    time-ordered CDC name (yyyyMMdd-HHmmssSSS, under date folders or not) that landed at least
+    `CURSOR_LAG_SECONDS` ago and sorts before every file of that folder this call skipped. So:
+    - full-load names (`LOAD…`) sort after every CDC name and are listed on every pass: a reload's
+      new version of LOAD00000001 is seen;
+    - a CDC file whose upload finished after a later-named one (parallel uploads) is still listed
+      while the later one is within the lag;
+    - what no cursor can see (a CDC file rewritten in place, a name sorting before the cursor that
+      lands later than the lag, files in folders of no registry table) is found by the full listing
+      every `full_every` passes, and on AWS by the SQS sensor in the first place.
+    `next_folder`: where a pass whose time ran out stopped. `passes`: completed incremental passes
+    since the last full listing.
+    """
+
+    after: dict[str, str] = field(default_factory=dict)
+    next_folder: int = 0
+    passes: int = 0
+    full_listed: bool = False  # a full listing has set `after` (a new cursor starts with one)
+
+    def to_json(self) -> dict:
+        return {"after": self.after, "next_folder": self.next_folder, "passes": self.passes, "full_listed": self.full_listed}
+
+    @classmethod
+    def from_json(cls, doc: dict | None) -> ListingCursor:
+        doc = doc or {}
+        return cls(dict(doc.get("after", {})), int(doc.get("next_folder", 0)), int(doc.get("passes", 0)),
+                   bool(doc.get("full_listed", False)))
+
+
+def _cursor_name(key: str) -> bool:
+    """Whether the listing may resume after this key: a time-ordered (CDC) DMS name."""
+    try:
+        return not parse_landing_key(key).is_load
+    except LandingKeyError:
+        return False
 
 
 def route(
@@ -68,11 +123,16 @@ def route(
 
 def record_arrivals(
     landing: LandingZone, ledger: FileLedger, registry: Registry, *, limit: int = 5000, settle_seconds: float = 0.0,
-    now: float | None = None,
+    now: float | None = None, cursor: ListingCursor | None = None, full_every: int = FULL_LISTING_EVERY,
+    lag_seconds: float = CURSOR_LAG_SECONDS, listing_seconds: float = LISTING_SECONDS,
 ) -> ArrivalReport:
     """Record new landing files. A file changed less than settle_seconds before `now` (epoch
     seconds, default the clock) may still be being written: it is neither read nor recorded, only
-    counted in `settling`, and picked up by a later call."""
+    counted in `settling`, and picked up by a later call.
+
+    Without `cursor` (or on a landing zone that cannot list from a key) the whole landing zone is
+    listed, as the ingest command and the demo do. With one, table folders are listed after their
+    cursors (see `ListingCursor`) and the returned report carries the next cursor."""
     report = ArrivalReport()
     now = time.time() if now is None else now
     folders = registry.for_landing_folder()
@@ -84,19 +144,31 @@ def record_arrivals(
             report.rerouted += 1
             if routed.status == DUPLICATE:
                 report.content_duplicates.append((routed.key, routed.duplicate_of))
-    seen = ledger.seen_versions()
+    incremental = cursor is not None and landing.resumable and cursor.full_listed and cursor.passes < full_every
+    if incremental:
+        assert cursor is not None
+        listed, next_folder, completed = _list_incrementally(landing, cursor, sorted(t.landing_prefix for t in registry.tables),
+                                                             listing_seconds)
+        seen = ledger.seen_versions(o.key for o in listed)  # only the keys listed, not the whole ledger
+    else:
+        listed, next_folder, completed = list(landing.list()), 0, False
+        seen = ledger.seen_versions()
+    report.listed, report.full_listing = len(listed), not incremental
     new: list[LandedFile] = []
+    skipped: list[str] = []  # keys not recorded by this call although new: a cursor must not pass them
     youngest: float | None = None
-    for obj in landing.list():
+    for obj in listed:
         if obj.version in seen.get(obj.key, ()):
             continue
         if settle_seconds > 0 and now - obj.modified < settle_seconds:
             report.settling += 1
+            skipped.append(obj.key)
             youngest = obj.modified if youngest is None else max(youngest, obj.modified)
             continue
         if len(new) >= limit:
             report.remaining = True
-            break
+            skipped.append(obj.key)
+            continue
         table_id, reason = route(obj.key, registry, folders)
         new.append(LandedFile(obj.key, landing.checksum(obj.key), obj.size, obj.version, table_id, reason))
     if youngest is not None:
@@ -111,4 +183,53 @@ def record_arrivals(
         else:
             report.unroutable.append((e.key, e.reason or "unroutable"))
     report.content_duplicates += [(e.key, e.duplicate_of) for e in recorded.duplicates]
+    if cursor is not None and landing.resumable:
+        after = _advanced(cursor.after, listed, skipped, {t.landing_prefix for t in registry.tables}, now - lag_seconds)
+        if incremental:
+            report.cursor = ListingCursor(after, next_folder, cursor.passes + (1 if completed else 0), True)
+        else:
+            report.cursor = ListingCursor(after, 0, 0, True)
     return report
+
+
+def _list_incrementally(landing: LandingZone, cursor: ListingCursor, prefixes: list[str],
+                        seconds: float) -> tuple[list[ListedObject], int, bool]:
+    """List table folders after their cursors, from where the last pass stopped, for at most
+    `seconds` (3,000 folders are 3,000 requests). Returns (objects, next folder, pass completed)."""
+    if not prefixes:
+        return [], 0, True
+    start = cursor.next_folder % len(prefixes)
+    deadline = time.monotonic() + seconds
+    listed: list[ListedObject] = []
+    for n in range(len(prefixes)):
+        prefix = prefixes[(start + n) % len(prefixes)]
+        listed += landing.list(prefix, cursor.after.get(prefix))
+        if time.monotonic() >= deadline and n + 1 < len(prefixes):
+            return listed, (start + n + 1) % len(prefixes), False
+    return listed, start, True
+
+
+def _advanced(after: dict[str, str], listed: list[ListedObject], skipped: list[str], prefixes: set[str],
+              landed_before: float) -> dict[str, str]:
+    """Each table folder's cursor moved to its newest listed CDC name that landed before
+    `landed_before` and sorts before every key of the folder that was not recorded."""
+    def folder(key: str) -> str | None:
+        parts = key.split("/")
+        prefix = "/".join(parts[:3]) + "/" if len(parts) > 3 else None
+        return prefix if prefix in prefixes else None
+
+    blocked: dict[str, str] = {}
+    for key in skipped:
+        f = folder(key)
+        if f is not None and (f not in blocked or key < blocked[f]):
+            blocked[f] = key
+    out = {f: k for f, k in after.items() if f in prefixes}  # a table gone from the registry drops its cursor
+    for obj in listed:
+        f = folder(obj.key)
+        if f is None or obj.modified > landed_before or not _cursor_name(obj.key):
+            continue
+        if f in blocked and obj.key >= blocked[f]:
+            continue
+        if obj.key > out.get(f, ""):
+            out[f] = obj.key
+    return out

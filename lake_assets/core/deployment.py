@@ -1,7 +1,8 @@
 """The deployment the lake runs in, opened from its settings: Iceberg catalog, file ledger, landing zone.
 
 local: pyiceberg SqlCatalog on SQLite `$LAKE_HOME/catalog.db`, SQLite ledger, a landing directory.
-aws: Glue catalog, PostgreSQL ledger, an S3 landing prefix; credentials come from the AWS chain.
+aws: Glue catalog, PostgreSQL ledger, an S3 landing prefix and, when configured, the SQS queue of
+its ObjectCreated notifications; credentials come from the AWS chain.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
@@ -21,6 +22,9 @@ from pyiceberg.catalog.sql import SqlCatalog
 from lake_assets.core.landing import LandingZone, LocalLandingZone, S3LandingZone
 from lake_assets.core.ledger import FileLedger, postgres_ledger, sqlite_ledger
 from lake_assets.core.settings import CATALOG_NAME, REPO_ROOT, LakeSettings, current_settings
+
+if TYPE_CHECKING:
+    from lake_assets.core.notifications import ArrivalQueue
 
 __all__ = ["CATALOG_NAME", "REPO_ROOT", "CatalogBusyError", "LakeEnvironment", "environment_from_env", "local_catalog",
            "local_environment", "open_lake"]
@@ -36,6 +40,7 @@ class LakeEnvironment:
     catalog: Catalog
     ledger: FileLedger
     landing: LandingZone
+    arrivals: ArrivalQueue | None = None  # S3 event notifications of the landing zone; None: listing only
 
 
 class CatalogBusyError(RuntimeError):
@@ -119,7 +124,12 @@ def open_lake(settings: LakeSettings) -> LakeEnvironment:
     catalog = GlueCatalog(CATALOG_NAME, client=None, **props)  # client: the catalog builds its own from props
     s3 = boto3.client("s3", region_name=aws.region)
     landing = S3LandingZone(aws.landing_bucket, aws.landing_prefix, s3)
-    return LakeEnvironment("aws", catalog, postgres_ledger(aws.ledger_dsn.get_secret_value()), landing)
+    arrivals = None
+    if aws.arrivals_queue_url:
+        from lake_assets.core.notifications import SqsArrivalQueue
+
+        arrivals = SqsArrivalQueue(aws.arrivals_queue_url, boto3.client("sqs", region_name=aws.region))
+    return LakeEnvironment("aws", catalog, postgres_ledger(aws.ledger_dsn.get_secret_value()), landing, arrivals)
 
 
 def local_environment(home: Path | None = None) -> LakeEnvironment:

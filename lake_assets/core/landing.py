@@ -22,23 +22,42 @@ class ListedObject:
 
 
 class LandingZone(Protocol):
-    def list(self) -> Iterator[ListedObject]: ...
+    # Whether `list(folder, start_after)` is cheaper than a full listing (S3 lists from a key on
+    # the server). The landing sensor keeps per-folder cursors only where it is.
+    resumable: bool
+
+    def list(self, folder: str = "", start_after: str | None = None) -> Iterator[ListedObject]:
+        """Objects under `folder` ('' or 'a/b/'), only keys sorting after `start_after` when given."""
+        ...
+
     def read(self, key: str) -> bytes: ...
     def checksum(self, key: str) -> str: ...
     def describe(self) -> str: ...
+    def landing_key(self, bucket: str, key: str) -> str | None:
+        """The landing key of the object s3://bucket/key (an event notification's), None when it is
+        outside this landing zone."""
+        ...
 
 
 class LocalLandingZone:
+    # A directory walk costs the same with or without a cursor, and a local file can be rewritten in
+    # place at any time (still being written, a corrected re-drop): a cursor would only miss files.
+    resumable = False
+
     def __init__(self, root: Path):
         self.root = Path(root)
 
     def describe(self) -> str:
         return str(self.root)
 
-    def list(self) -> Iterator[ListedObject]:
-        if not self.root.is_dir():
+    def landing_key(self, bucket: str, key: str) -> str | None:
+        return None  # no bucket: nothing in S3 lands here
+
+    def list(self, folder: str = "", start_after: str | None = None) -> Iterator[ListedObject]:
+        top = self.root / folder if folder else self.root
+        if not top.is_dir():
             return
-        stack = [self.root]
+        stack = [top]
         while stack:
             d = stack.pop()
             with os.scandir(d) as it:
@@ -48,6 +67,8 @@ class LocalLandingZone:
                     elif e.is_file(follow_symlinks=False) and not e.name.startswith("."):
                         st = e.stat()
                         key = Path(e.path).relative_to(self.root).as_posix()
+                        if start_after is not None and key <= start_after:
+                            continue
                         # A copy that keeps the source's mtime (cp -p, rsync -t) sets an old mtime
                         # when it finishes; the inode change time still says it was just written.
                         modified = max(st.st_mtime, st.st_ctime)
@@ -67,6 +88,8 @@ class LocalLandingZone:
 class S3LandingZone:
     """Landing in S3 (bucket + prefix); the ETag serves as version and checksum."""
 
+    resumable = True
+
     def __init__(self, bucket: str, prefix: str, client: S3Client):
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -75,9 +98,16 @@ class S3LandingZone:
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def list(self) -> Iterator[ListedObject]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-        for page in pages:
+    def landing_key(self, bucket: str, key: str) -> str | None:
+        if bucket != self.bucket or not key.startswith(self.prefix) or key.endswith("/"):
+            return None
+        return key[len(self.prefix) :] or None
+
+    def list(self, folder: str = "", start_after: str | None = None) -> Iterator[ListedObject]:
+        args = {"Bucket": self.bucket, "Prefix": self.prefix + folder}
+        if start_after is not None:
+            args["StartAfter"] = self.prefix + start_after
+        for page in self.client.get_paginator("list_objects_v2").paginate(**args):  # type: ignore[arg-type]
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(self.prefix) :]
                 if key and not key.endswith("/"):

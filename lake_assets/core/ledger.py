@@ -35,6 +35,7 @@ STATUSES = (LANDED, PROCESSING, COMMITTED, FAILED, QUARANTINED, DUPLICATE, SUPER
 _REBUILT = (COMMITTED, QUARANTINED, FAILED, PROCESSING)
 
 DEFAULT_BUSY_TIMEOUT = 60.0  # seconds a locked database is retried before LedgerError
+_IN_CHUNK = 500  # keys per IN (...) list: under SQLite's 999 bound parameters
 
 T = TypeVar("T")
 
@@ -122,7 +123,7 @@ class LockHolder:
 class FileLedger(Protocol):
     def describe(self) -> str: ...
     def record(self, files: Iterable[LandedFile]) -> Recorded: ...
-    def seen_versions(self) -> dict[str, set[str]]: ...
+    def seen_versions(self, keys: Iterable[str] | None = None) -> dict[str, set[str]]: ...
     def claim(self, table_id: str, limit: int | None = None, *, owner: str | None = None) -> tuple[str, list[LedgerEntry]]: ...
     def processing_batches(self, table_id: str) -> dict[str, list[LedgerEntry]]: ...
     def finish_batch(self, batch_id: str, *, committed: dict[str, tuple[int, int]], failed: dict[str, str], snapshot_id: int | None, set_aside: dict[str, str] | None = None) -> None: ...
@@ -384,14 +385,28 @@ class SqlFileLedger:
 
         return self._run(f"recording {len(files)} landed files", run)
 
-    def seen_versions(self) -> dict[str, set[str]]:
+    def seen_versions(self, keys: Iterable[str] | None = None) -> dict[str, set[str]]:
+        """Listing versions recorded per key: of every file, or only of `keys` (what one
+        incremental listing returned, so a tick does not load the whole ledger)."""
+        wanted = None if keys is None else sorted(set(keys))
+
         def run(cur):
             out: dict[str, set[str]] = {}
-            cur.execute("SELECT key, version FROM landed_files")
-            for key, version in cur.fetchall():
+            if wanted is None:
+                cur.execute("SELECT key, version FROM landed_files")
+                rows = cur.fetchall()
+            else:
+                rows = []
+                for i in range(0, len(wanted), _IN_CHUNK):
+                    chunk = wanted[i : i + _IN_CHUNK]
+                    self._exec(cur, f"SELECT key, version FROM landed_files WHERE key IN ({', '.join('?' * len(chunk))})", chunk)
+                    rows += cur.fetchall()
+            for key, version in rows:
                 out.setdefault(key, set()).add(version)
             return out
 
+        if wanted == []:
+            return {}
         return self._run("listing known file versions", run, write=False)
 
     def unrouted(self) -> list[LedgerEntry]:

@@ -37,6 +37,9 @@ class AwsSettings(_Frozen):
     landing_prefix: str = ""
     ledger_dsn: SecretStr  # PostgreSQL; may carry a password, never printed
     endpoint_url: str | None = None  # an AWS API emulator (tests); None on AWS
+    # The SQS queue the landing bucket's ObjectCreated notifications go to. Set: the SQS sensor
+    # records arrivals and the S3 listing only reconciles; unset: the listing is the only path.
+    arrivals_queue_url: str | None = None
 
     @property
     def landing_uri(self) -> str:
@@ -102,6 +105,10 @@ class LakeSettings(_Frozen):
         return DBT_TARGETS[self.env]
 
     @property
+    def arrivals_queue_url(self) -> str | None:
+        return self.aws.arrivals_queue_url if self.aws is not None else None
+
+    @property
     def automation_running(self) -> bool:
         """Whether sensors and schedules run by default: locally yes (the laptop is the deployment);
         on AWS an operator turns them on once the stack is in place."""
@@ -158,6 +165,7 @@ class LakeSettings(_Frozen):
                 landing_prefix=e.get("LAKE_LANDING_PREFIX", ""),
                 ledger_dsn=SecretStr(need("LAKE_LEDGER_DSN")),
                 endpoint_url=e.get("AWS_ENDPOINT_URL") or None,
+                arrivals_queue_url=e.get("LAKE_ARRIVALS_QUEUE_URL") or None,
             )
         spark = SparkSettings(
             master=e.get("LAKE_SPARK_MASTER") or "local[*]",
@@ -206,6 +214,8 @@ class LakeSettings(_Frozen):
                     "LAKE_LANDING_BUCKET": self.aws.landing_bucket, "LAKE_LANDING_PREFIX": self.aws.landing_prefix}
             if self.aws.endpoint_url:
                 out["AWS_ENDPOINT_URL"] = self.aws.endpoint_url
+            if self.aws.arrivals_queue_url:
+                out["LAKE_ARRIVALS_QUEUE_URL"] = self.aws.arrivals_queue_url
         return out
 
 

@@ -147,7 +147,7 @@ def rebuild(
     for e in entries:
         if e.key not in newest or e.file_version > newest[e.key].file_version:
             newest[e.key] = e
-    present = {o.key for o in landing.list() if o.key.startswith(table.landing_prefix)}
+    present = {o.key for o in landing.list(table.landing_prefix)}  # the table's folder, not the whole landing zone
     missing = sorted(k for k, e in newest.items() if e.status in (COMMITTED, QUARANTINED) and k not in present)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
