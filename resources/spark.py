@@ -7,7 +7,9 @@ Three launchers run the same script (`lake_assets/spark/merge_job.py`):
 - `emr_serverless_launcher`: EMR Serverless through `PipesEMRServerlessClient`, Glue catalog, S3
   landing and scratch, Pipes messages read back from CloudWatch; a failed job run fails the
   materialization with the job run's own reason.
-Local Spark binds to 127.0.0.1 and uses an Iceberg JDBC catalog over the same SQLite file as pyiceberg.
+Local Spark binds to 127.0.0.1 and uses an Iceberg JDBC catalog over the same SQLite file as pyiceberg
+(or the same PostgreSQL database). A catalog password reaches the job in its environment only: the
+spec file (kept when a job fails) and the spark-submit command line carry none.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,11 +94,12 @@ class LocalSpark:
 def plain_launcher(local: LocalSpark, *, env: dict[str, str] | None = None, echo: bool = False, timeout: float | None = None) -> Launcher:
     """spark-submit as a plain subprocess; output goes to `job.log` in the run directory."""
 
-    def launch(spec: dict) -> dict:
+    def launch(spec: dict, secret_env: Mapping[str, str]) -> dict:
         run_dir, cmd, job_env = local.prepare(spec)
         launched_at = time.time()
         with open(run_dir / "job.log", "wb") as out:
-            proc = subprocess.run(cmd, env={**os.environ, **job_env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run(cmd, env={**os.environ, **job_env, **(env or {}), **secret_env}, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=timeout)
         log = (run_dir / "job.log").read_text(errors="replace")
         if echo:
             sys.stderr.write(log)
@@ -119,9 +122,9 @@ def pipes_subprocess_launcher(context, local: LocalSpark, *, env: dict[str, str]
     """spark-submit through Dagster Pipes: the job's logs land in the run's event log, its result
     comes back as a Pipes custom message (the result file is read when the job failed)."""
 
-    def launch(spec: dict) -> dict:
+    def launch(spec: dict, secret_env: Mapping[str, str]) -> dict:
         run_dir, cmd, job_env = local.prepare(spec)
-        client = PipesSubprocessClient(env={**job_env, **(env or {})})
+        client = PipesSubprocessClient(env={**job_env, **(env or {}), **secret_env})
         launched_at = time.time()
         failure: Exception | None = None
         try:
@@ -258,7 +261,14 @@ def emr_serverless_launcher(context, emr: EmrServerless, *, emr_client=None, log
     emr_client = emr_client or boto3.client("emr-serverless", region_name=emr.region or None)  # None: boto3's default
     logs_client = logs_client or boto3.client("logs", region_name=emr.region or None)
 
-    def launch(spec: dict) -> dict:
+    def launch(spec: dict, secret_env: Mapping[str, str]) -> dict:
+        if secret_env:
+            # A job run's environment on EMR Serverless is part of its sparkSubmitParameters, which
+            # GetJobRun returns to anyone allowed to list job runs: not a place for a password.
+            raise SparkJobError(
+                f"table {_table_of(spec)}: EMR Serverless jobs use the Glue catalog and the execution role; "
+                f"a catalog with a password ({', '.join(sorted(secret_env))}) cannot be handed to a job run"
+            )
         catalog = CatalogSettings.from_json_dict(spec["catalog"])
         base = f"{emr.jobs_uri.rstrip('/')}/runs/{_run_name(spec)}"
         spec_uri, result_uri = f"{base}/spec.json", f"{base}/result.json"

@@ -21,7 +21,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def postgres_server():
+def postgres_server(password: str | None = None):
+    """A server on 127.0.0.1; with `password`, TCP logins of user `lake` need it (scram-sha-256)
+    and the DSN yielded carries it."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not bins:
         msg = "no PostgreSQL server: scripts/install_system_deps.sh installs the 'postgresql' package"
@@ -36,11 +38,21 @@ def postgres_server():
         as_postgres = ["runuser", "-u", "postgres", "--"]
     data, port = f"{root}/data", _free_port()
     try:
-        subprocess.run(as_postgres + [f"{pg}/initdb", "-D", data, "-A", "trust", "-U", "lake", "--no-sync"],
+        auth = ["-A", "trust"]
+        if password is not None:
+            pwfile = f"{root}/pwfile"
+            with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(password + "\n")
+            if as_postgres:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}"]
+        subprocess.run(as_postgres + [f"{pg}/initdb", "-D", data, *auth, "-U", "lake", "--no-sync"],
                        check=True, capture_output=True)
+        if password is not None:
+            os.remove(pwfile)
         subprocess.run(as_postgres + [f"{pg}/pg_ctl", "-D", data, "-l", f"{root}/server.log", "-w", "-t", "60",
                                       "-o", f"-h 127.0.0.1 -p {port} -k {root} -F", "start"], check=True, capture_output=True)
-        yield f"host=127.0.0.1 port={port} user=lake dbname=postgres"
+        yield f"host=127.0.0.1 port={port} user=lake dbname=postgres" + (f" password={password}" if password is not None else "")
     finally:
         subprocess.run(as_postgres + [f"{pg}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

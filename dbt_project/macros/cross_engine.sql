@@ -58,15 +58,19 @@
     cast({{ date_expr }} + to_days(cast({{ days }} as integer)) as date)
 {%- endmacro %}
 
-{#- Lower-case hex SHA-256 of a value's text form. Trino hashes varbinary and upper-cases hex. -#}
-{% macro sha256_hex(expr) -%}
-    {{ return(adapter.dispatch('sha256_hex')(expr)) }}
+{#- Lower-case hex HMAC-SHA256 of a value's text form under the lake's mask key, which never
+    appears in SQL (lake_assets/core/mask_key.py). DuckDB has no HMAC function: the dbt plugin
+    defines the macro lake_masking.main.hmac_sha256_hex from its key file. Trino has
+    hmac_sha256(varbinary, varbinary) and upper-cases hex; the key is read from the one-row table
+    var('lake_mask_key_table'), which only the role dbt runs as may read. -#}
+{% macro hmac_sha256_hex(expr) -%}
+    {{ return(adapter.dispatch('hmac_sha256_hex')(expr)) }}
 {%- endmacro %}
-{% macro default__sha256_hex(expr) -%}
-    lower(to_hex(sha256(to_utf8(cast({{ expr }} as varchar)))))
+{% macro default__hmac_sha256_hex(expr) -%}
+    lower(to_hex(hmac_sha256(to_utf8(cast({{ expr }} as varchar)), (select key from {{ var('lake_mask_key_table') }}))))
 {%- endmacro %}
-{% macro duckdb__sha256_hex(expr) -%}
-    sha256(cast({{ expr }} as varchar))
+{% macro duckdb__hmac_sha256_hex(expr) -%}
+    lake_masking.main.hmac_sha256_hex(cast({{ expr }} as varchar))
 {%- endmacro %}
 
 {#- Amount converted to the reporting currency at the plan rates in dbt_project.yml vars. -#}

@@ -4,10 +4,11 @@
   The leak tests re-implement each mask in Python and compare every row.
 -#}
 
-{#- hash: lower-case hex SHA-256 of the value's text (joinable across datasets, not reversible
-    without guessing the input). -#}
+{#- hash: lower-case hex HMAC-SHA256 of the value's text under the lake's secret mask key. The same
+    value gives the same hash in every dataset (joinable), but without the key no one can confirm a
+    guess: enumerating ids or a dictionary of e-mails reverses an unkeyed hash, not this one. -#}
 {% macro mask_hash(column) -%}
-    {{ sha256_hex(column) }}
+    {{ hmac_sha256_hex(column) }}
 {%- endmacro %}
 
 {#- redact: a constant marker where a value exists. -#}

@@ -6,6 +6,8 @@ and exposes every table of the local pyiceberg catalog as a DuckDB view `<namesp
 Its store step (called by the `iceberg_table` materialization) writes a model's rows into the
 catalog as an Iceberg table `<schema>.<alias>`, replacing its contents in one commit, so DuckDB,
 Spark and pyiceberg read the same kind of tables that Athena builds in production.
+It also defines the `hash` mask's keyed HMAC (`register_hash_mask`): the key is read here, from the
+lake's key file, so it never passes through dbt's compiled SQL, run results or logs.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform, YearTransform
 
 from lake_assets.core.deployment import local_catalog  # one definition of the lake
-from lake_assets.core.settings import resolve_home
+from lake_assets.core.mask_key import MASKING_DATABASE, duckdb_hmac_macro_sql, local_mask_key
+from lake_assets.core.settings import LakeSettings, resolve_home
 
 EXTENSIONS = ("avro", "iceberg")
 COMMIT_ATTEMPTS = 3
@@ -63,6 +66,17 @@ def load_iceberg_extension(conn: duckdb.DuckDBPyConnection, extension_dir: Path)
         except duckdb.Error:
             duckdb_extensions.import_extension(name, force_install=True, con=conn)
             conn.execute(f"LOAD {name}")
+
+
+def register_hash_mask(conn: duckdb.DuckDBPyConnection, key: bytes) -> None:
+    """Define `lake_masking.main.hmac_sha256_hex(text)` (macros/masks.sql's DuckDB `hash` mask) on `conn`.
+
+    The macro lives in an attached in-memory database of its own, so it is visible to every cursor
+    dbt opens on this connection and is never persisted, even if the profile's `path` becomes a
+    DuckDB file.
+    """
+    conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {MASKING_DATABASE}")
+    conn.execute(duckdb_hmac_macro_sql(key))
 
 
 def quote(identifier: str) -> str:
@@ -173,6 +187,7 @@ class Plugin(BasePlugin):
     def configure_connection(self, conn: duckdb.DuckDBPyConnection) -> None:
         self._conn = conn
         load_iceberg_extension(conn, self.extension_dir)
+        register_hash_mask(conn, local_mask_key(LakeSettings.local(self.lake_home).mask_key_file))
         for namespace in self.catalog.list_namespaces():
             ns = ".".join(namespace)
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(ns)}")

@@ -26,8 +26,8 @@ from lake_assets.core.settings import CATALOG_NAME, REPO_ROOT, LakeSettings, cur
 if TYPE_CHECKING:
     from lake_assets.core.notifications import ArrivalQueue
 
-__all__ = ["CATALOG_NAME", "REPO_ROOT", "CatalogBusyError", "LakeEnvironment", "environment_from_env", "local_catalog",
-           "local_environment", "open_lake"]
+__all__ = ["CATALOG_NAME", "REPO_ROOT", "CatalogBusyError", "LakeEnvironment", "environment_from_env", "open_catalog",
+           "local_catalog", "local_environment", "open_lake"]
 
 T = TypeVar("T")
 
@@ -108,20 +108,29 @@ def local_catalog(home: Path) -> Catalog:
     return LakeSqlCatalog(Path(home))
 
 
+def open_catalog(settings: LakeSettings) -> Catalog:
+    """The deployment's Iceberg catalog alone (the local SQLite one, or Glue), without the ledger."""
+    if settings.aws is None:
+        return local_catalog(settings.home)
+    from pyiceberg.catalog.glue import GlueCatalog
+
+    aws = settings.aws
+    props = {"glue.region": aws.region, "warehouse": aws.warehouse_uri}
+    if aws.endpoint_url:
+        props |= {"glue.endpoint": aws.endpoint_url, "s3.endpoint": aws.endpoint_url}
+    return GlueCatalog(CATALOG_NAME, client=None, **props)  # client: the catalog builds its own from props
+
+
 def open_lake(settings: LakeSettings) -> LakeEnvironment:
     if settings.env == "local":
         settings.landing_dir.mkdir(parents=True, exist_ok=True)
         return LakeEnvironment("local", local_catalog(settings.home), sqlite_ledger(settings.ledger_db),
                                LocalLandingZone(settings.landing_dir))
     import boto3
-    from pyiceberg.catalog.glue import GlueCatalog
 
     aws = settings.aws
     assert aws is not None
-    props = {"glue.region": aws.region, "warehouse": aws.warehouse_uri}
-    if aws.endpoint_url:
-        props |= {"glue.endpoint": aws.endpoint_url, "s3.endpoint": aws.endpoint_url}
-    catalog = GlueCatalog(CATALOG_NAME, client=None, **props)  # client: the catalog builds its own from props
+    catalog = open_catalog(settings)
     s3 = boto3.client("s3", region_name=aws.region)
     landing = S3LandingZone(aws.landing_bucket, aws.landing_prefix, s3)
     arrivals = None

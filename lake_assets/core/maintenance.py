@@ -30,6 +30,7 @@ import time
 import uuid
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
@@ -40,7 +41,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, LessThan
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile, DataFileContent, ManifestEntry, ManifestEntryStatus, ManifestFile
-from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table import FileScanTask, Table, Transaction
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update.snapshot import _SnapshotProducer
 
@@ -126,7 +127,7 @@ class _Rewrite(_SnapshotProducer["_Rewrite"]):
     anew: the kept files keep their snapshot and sequence numbers (so the delete files that apply
     to them still do), the compacted files are added (their rows have the deletes applied)."""
 
-    def __init__(self, tbl: Table, txn, kept: list[ManifestEntry], removed: list[DataFile], added: list[DataFile],
+    def __init__(self, tbl: Table, txn: Transaction, kept: list[ManifestEntry], removed: list[DataFile], added: list[DataFile],
                  properties: dict[str, str]):
         super().__init__(operation=Operation.OVERWRITE, transaction=txn, io=tbl.io, snapshot_properties=properties)
         self._kept = kept
@@ -251,7 +252,8 @@ def _protected(tbl: Table) -> set[int]:
     return out
 
 
-def expire_snapshots(tbl: Table, spec: MaintenanceSpec, now: dt.datetime, keep_batches=None) -> tuple[Table, int, int]:
+def expire_snapshots(tbl: Table, spec: MaintenanceSpec, now: dt.datetime,
+                     keep_batches: Callable[[dict[str, dict[str, str]]], None] | None = None) -> tuple[Table, int, int]:
     """Expire what the spec lets go; `keep_batches(records)` is called with the batch records of
     the snapshots about to go before they go. Returns (table, snapshots expired, batch records kept)."""
     snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
@@ -340,7 +342,7 @@ def expire_sidecars(catalog: Catalog, table: TableConfig, spec: MaintenanceSpec,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 # LessThan(term, literal) is pyiceberg's own __init__; mypy sees only the pydantic fields.
-                tbl.delete(LessThan(column, cutoff.isoformat()), snapshot_properties={MAINTENANCE: "expiry"})  # type: ignore[call-arg]
+                tbl.delete(LessThan(column, cutoff.isoformat()), snapshot_properties={MAINTENANCE: "expiry"})  # type: ignore[call-arg, misc]
             expired[i] = old
         tbl = load_again(tbl)
         expire_snapshots(tbl, spec, now)

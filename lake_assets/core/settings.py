@@ -4,7 +4,8 @@
 that fits it. Nothing else in the code reads the environment for the lake's settings: resources,
 sensors, schedules, the dbt target, the dbt plugin and the Spark launcher all take a
 `LakeSettings` (the current process's is `current_settings()`). Secrets (the ledger DSN) are kept
-as `SecretStr`, so printing the settings never shows them.
+as `SecretStr`, so printing the settings never shows them; the mask key is only named here (a file
+in LAKE_HOME, a Secrets Manager secret on AWS) and read by lake_assets.core.mask_key.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class AwsSettings(_Frozen):
     # The SQS queue the landing bucket's ObjectCreated notifications go to. Set: the SQS sensor
     # records arrivals and the S3 listing only reconciles; unset: the listing is the only path.
     arrivals_queue_url: str | None = None
+    mask_key_secret_id: str = "lake/mask-key"  # Secrets Manager: the `hash` mask's HMAC key (32 bytes)
 
     @property
     def landing_uri(self) -> str:
@@ -95,6 +97,11 @@ class LakeSettings(_Frozen):
         """The lake's Dagster instance (run history, sensor cursors): what `make ui`, the ingest
         command and the demo all use, so their runs show in the same UI."""
         return self.dagster_home_dir or self.home / "dagster"
+
+    @property
+    def mask_key_file(self) -> Path:
+        """The local `hash` mask key (generated once, mode 0600): in the lake, never the repository."""
+        return self.home / "secrets" / "mask_key"
 
     @property
     def cache_dir(self) -> Path:
@@ -166,6 +173,7 @@ class LakeSettings(_Frozen):
                 ledger_dsn=SecretStr(need("LAKE_LEDGER_DSN")),
                 endpoint_url=e.get("AWS_ENDPOINT_URL") or None,
                 arrivals_queue_url=e.get("LAKE_ARRIVALS_QUEUE_URL") or None,
+                mask_key_secret_id=e.get("LAKE_MASK_KEY_SECRET_ID") or "lake/mask-key",
             )
         spark = SparkSettings(
             master=e.get("LAKE_SPARK_MASTER") or "local[*]",
@@ -211,7 +219,8 @@ class LakeSettings(_Frozen):
         out["DAGSTER_HOME"] = str(self.dagster_home)
         if self.aws is not None:
             out |= {"AWS_REGION": self.aws.region, "LAKE_WAREHOUSE_URI": self.aws.warehouse_uri,
-                    "LAKE_LANDING_BUCKET": self.aws.landing_bucket, "LAKE_LANDING_PREFIX": self.aws.landing_prefix}
+                    "LAKE_LANDING_BUCKET": self.aws.landing_bucket, "LAKE_LANDING_PREFIX": self.aws.landing_prefix,
+                    "LAKE_MASK_KEY_SECRET_ID": self.aws.mask_key_secret_id}
             if self.aws.endpoint_url:
                 out["AWS_ENDPOINT_URL"] = self.aws.endpoint_url
             if self.aws.arrivals_queue_url:

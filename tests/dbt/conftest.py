@@ -10,6 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from lake_assets.core.settings import LakeSettings
+
 from dbt_lake_fixture import create_source_tables, lake_catalog, run_dbt
 
 
@@ -18,6 +20,7 @@ class BuiltLake:
     home: Path
     source_rows: dict[str, list[dict]]
     build: subprocess.CompletedProcess
+    target: Path  # dbt's target and log directory of the build
 
     @property
     def catalog(self):
@@ -25,6 +28,11 @@ class BuiltLake:
 
     def rows(self, identifier: str) -> list[dict]:
         return self.catalog.load_table(identifier).scan().to_arrow().to_pylist()
+
+    @property
+    def mask_key(self) -> bytes:
+        """The `hash` mask key the dbt plugin generated into this lake (what only the lake holds)."""
+        return LakeSettings.local(self.home).mask_key_file.read_bytes()
 
     def column_names(self, identifier: str) -> list[str]:
         return [f.name for f in self.catalog.load_table(identifier).schema().fields]
@@ -36,8 +44,9 @@ def built_lake(tmp_path_factory) -> BuiltLake:
     rows = create_source_tables(home)
     # Not asserted here: a failing dbt test must not hide what the Python leak tests find in the
     # tables that were built; test_dbt_build_succeeds reports the build itself.
-    result = run_dbt(["build", "--target", "local"], lake_home=home, target_path=tmp_path_factory.mktemp("dbt_target"))
-    return BuiltLake(home=home, source_rows=rows, build=result)
+    target = tmp_path_factory.mktemp("dbt_target")
+    result = run_dbt(["build", "--target", "local"], lake_home=home, target_path=target)
+    return BuiltLake(home=home, source_rows=rows, build=result, target=target)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import sqlglot
 from sqlglot import exp
 
 from lake_assets.core import governance
+from lake_assets.core.mask_key import MASK_KEY_TABLE
 from lake_assets.core.naming import consumer_model_name
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
@@ -28,7 +29,7 @@ ATHENA_ENV = {
 }
 # Functions sqlglot does not model but Athena (Trino) has; anything else unknown is a dialect leak
 # (e.g. DuckDB's epoch or regexp_matches reaching the Athena SQL).
-KNOWN_TRINO_FUNCTIONS = {"to_milliseconds", "to_unixtime", "to_utf8", "to_hex", "sha256", "date_diff", "date_add"}
+KNOWN_TRINO_FUNCTIONS = {"to_milliseconds", "to_unixtime", "to_utf8", "to_hex", "sha256", "hmac_sha256", "date_diff", "date_add"}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,24 @@ def test_duckdb_sql_would_be_caught():
         sqlglot.parse("select a // b from t", read="athena", error_level=sqlglot.ErrorLevel.RAISE)
     (statement,) = sqlglot.parse("select epoch(ts), regexp_matches(s, 'x') from t", read="athena")
     assert {f.name.lower() for f in statement.find_all(exp.Anonymous)} - KNOWN_TRINO_FUNCTIONS
+
+
+def test_the_hash_mask_is_keyed_by_the_key_table_not_a_key_in_the_sql(athena_compiled):
+    """Athena hashes with HMAC-SHA256 keyed by the row of the key table; no unkeyed sha256 and no
+    key literal reaches the compiled SQL (which dbt keeps in target/ and Athena in its history)."""
+    files = compiled_sql(athena_compiled)
+    consumer = {n: s for n, s in files.items() if "/models/consumer/" in n and "/_" not in n}
+    hashed = {n: s for n, s in consumer.items() if "hmac_sha256(" in s}
+    assert any("data_science__customers" in n for n in hashed) and any("marketing__customers" in n for n in hashed)
+    for name, sql in hashed.items():
+        (statement,) = sqlglot.parse(sql, read="athena")
+        for call in statement.find_all(exp.Anonymous):
+            if call.name.lower() == "hmac_sha256":
+                key = call.expressions[1]
+                assert isinstance(key, exp.Subquery), f"{name}: the HMAC key must be read from the key table: {key.sql()}"
+                assert key.find(exp.Table).sql() == MASK_KEY_TABLE, name
+        assert not re.search(r"(?<!hmac_)sha256\(", sql), f"{name}: an unkeyed sha256"
+        assert not re.search(r"X'[0-9a-fA-F]{16,}'|from_hex\(", sql), f"{name}: a binary literal (a key?) in the SQL"
 
 
 def test_models_are_iceberg_tables_with_lake_formation_config(athena_compiled):

@@ -5,6 +5,11 @@ Locally the catalog is Iceberg's JdbcCatalog over the same SQLite file pyiceberg
 (the catalog name must be `lake` in both, it is part of every row of the catalog tables); on AWS it is
 Glue. pyiceberg runs on the job's driver for table creation, sidecar tables and bookkeeping, Spark
 does the table-side merge, and both write the one catalog.
+
+A catalog password (a PostgreSQL SQL catalog) never goes into the job spec, which is a file kept
+when a job fails, nor onto the spark-submit command line, which every user of the machine can read
+in /proc: the launcher hands it to the job in the environment variable `CATALOG_PASSWORD_ENV`, and
+the job puts it into the pyiceberg URI and the JDBC catalog's properties itself.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 CATALOG_NAME = "lake"
@@ -24,6 +30,8 @@ INSTALL_HINT = "run scripts/install_system_deps.sh (make setup does)"
 EMR_ICEBERG_JAR = "/usr/share/aws/iceberg/lib/iceberg-spark3-runtime.jar"
 
 LOCAL_IP = "127.0.0.1"
+# How a catalog password reaches the job: the launcher sets it in the job's environment only.
+CATALOG_PASSWORD_ENV = "LAKE_CATALOG_PASSWORD"
 
 # Spark's default log4j setup prints every INFO line to stderr; the job's own messages are what matter.
 LOG4J2_PROPERTIES = """\
@@ -47,8 +55,17 @@ class CatalogSettings:
 
     type: str
     warehouse: str
-    uri: str | None = None  # SQLAlchemy URI for type sql, e.g. sqlite:////abs/path/catalog.db
+    uri: str | None = None  # SQLAlchemy URI for type sql, e.g. sqlite:////abs/path/catalog.db; never a password
     properties: dict[str, str] = field(default_factory=dict)  # extra pyiceberg properties (glue.region, s3.*)
+    # The SQL catalog's password: kept out of the JSON form and the repr (see the module's docstring).
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.uri:
+            uri, password = _split_password(self.uri)
+            if password is not None:
+                object.__setattr__(self, "uri", uri)
+                object.__setattr__(self, "password", self.password or password)
 
     @classmethod
     def local(cls, lake_home: str | os.PathLike) -> CatalogSettings:
@@ -64,7 +81,25 @@ class CatalogSettings:
         return cls(type="glue", warehouse=warehouse, properties=props)
 
     def to_json_dict(self) -> dict:
+        """The settings as the job spec carries them: no password."""
         return {"type": self.type, "warehouse": self.warehouse, "uri": self.uri, "properties": dict(self.properties)}
+
+    def secret_env(self) -> dict[str, str]:
+        """The variables a launcher sets in the job's environment (and nowhere else)."""
+        return {CATALOG_PASSWORD_ENV: self.password} if self.password else {}
+
+    def with_secret_env(self, environ: Mapping[str, str]) -> CatalogSettings:
+        """These settings with the password the launcher put in the job's environment (if any)."""
+        password = environ.get(CATALOG_PASSWORD_ENV)
+        return replace(self, password=password) if password and self.type == "sql" else self
+
+    def uri_with_password(self) -> str | None:
+        """The URI pyiceberg logs in with, in the job only (never written or logged)."""
+        if not self.uri or not self.password:
+            return self.uri
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.uri).set(password=self.password).render_as_string(hide_password=False)
 
     @classmethod
     def from_json_dict(cls, d: dict) -> CatalogSettings:
@@ -75,12 +110,18 @@ class CatalogSettings:
         from pyiceberg.catalog import load_catalog
 
         props = {"type": self.type, "warehouse": self.warehouse, **self.properties}
-        if self.uri:
-            props["uri"] = self.uri
+        uri = self.uri_with_password()
+        if uri:
+            props["uri"] = uri
         return load_catalog(CATALOG_NAME, **props)
 
+    def secret_spark_conf(self) -> dict[str, str]:
+        """The JDBC catalog's password property: set by the job on its own session, never on a command line."""
+        return {f"spark.sql.catalog.{CATALOG_NAME}.jdbc.password": self.password} if self.type == "sql" and self.password else {}
+
     def spark_conf(self) -> dict[str, str]:
-        """`spark.sql.catalog.lake.*` and the Iceberg SQL extensions (MERGE INTO)."""
+        """`spark.sql.catalog.lake.*` and the Iceberg SQL extensions (MERGE INTO); no password
+        (`secret_spark_conf` has it)."""
         prefix = f"spark.sql.catalog.{CATALOG_NAME}"
         conf = {
             "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
@@ -110,7 +151,8 @@ _SECRET_MARKERS = ("secret", "access-key", "session-token", "password", "token")
 def catalog_settings_of(catalog) -> CatalogSettings:
     """The settings of an open pyiceberg catalog, so the job writes exactly the catalog the runner reads.
 
-    Credentials are never copied into a job spec: the job uses its own (the EMR execution role).
+    Credentials are never copied into a job spec: the job uses its own (the EMR execution role), or
+    the catalog password the launcher passes in its environment (`secret_env`).
     """
     if catalog.name != CATALOG_NAME:
         raise ValueError(
@@ -154,11 +196,23 @@ def _jdbc_catalog_conf(prefix: str, uri: str | None) -> dict[str, str]:
         conf[f"{prefix}.uri"] = f"jdbc:postgresql://{url.host}{port}/{url.database}"
         if url.username:
             conf[f"{prefix}.jdbc.user"] = url.username
-        if url.password:
-            conf[f"{prefix}.jdbc.password"] = url.password
     else:
         raise ValueError(f"catalog uri {uri}: the Spark engine supports SQLite and PostgreSQL catalogs")
     return conf
+
+
+def _split_password(uri: str) -> tuple[str, str | None]:
+    """A SQLAlchemy URI without its password (userinfo or `?password=`), and the password."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    password = url.password if url.password is not None else url.query.get("password")
+    if password is None:
+        return uri, None
+    if isinstance(password, tuple):
+        password = password[-1]
+    bare = url._replace(password=None).difference_update_query(["password"])  # set(password=None) keeps it
+    return bare.render_as_string(hide_password=False), str(password)
 
 
 def iceberg_runtime_jar() -> Path:

@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pyiceberg.catalog import Catalog
@@ -29,9 +29,11 @@ from lake_assets.core.spark.conf import CatalogSettings, catalog_settings_of
 
 SPEC_VERSION = 2  # the job spec's layout; the job refuses a spec of another version
 
-Launcher = Callable[[dict], dict]
+Launcher = Callable[[dict, Mapping[str, str]], dict]
 """Runs a job spec and returns the job's result document: {"ok": true, "result": {...MergeResult}}
-or {"ok": false, "error": {"type", "message"}}; raises SparkJobError when the job left no document."""
+or {"ok": false, "error": {"type", "message"}}; raises SparkJobError when the job left no document.
+The mapping holds the job's secrets (`CatalogSettings.secret_env`): a launcher puts them in the
+job's environment only, never in the spec, on a command line or in a log."""
 
 
 class SparkJobError(RuntimeError):
@@ -123,7 +125,7 @@ class SparkEngine:
         # Crash points as the runner knows them: before the job (nothing of the batch is written) and
         # after it (committed, ledger not yet told). Inside the job, LAKE_FAILPOINT=spark:<point>.
         failpoint("before_commit")
-        doc = self.launcher(spec)
+        doc = self.launcher(spec, settings.secret_env())
         self.last_report = doc
         result = result_from_document(table, batch_id, doc)
         failpoint("after_commit")

@@ -26,12 +26,13 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -364,12 +365,16 @@ def job_failpoint(name: str) -> None:
     env_failpoint(f"spark:{name}")
 
 
-def run_merge(spark, spec: dict, *, log: Log = lambda msg: None, failpoint: Callable[[str], None] = job_failpoint) -> dict:
-    """Run one spec on an open Spark session; returns the MergeResult as JSON."""
+def run_merge(spark, spec: dict, *, secret_env: Mapping[str, str] | None = None, log: Log = lambda msg: None,
+              failpoint: Callable[[str], None] = job_failpoint) -> dict:
+    """Run one spec on an open Spark session; returns the MergeResult as JSON.
+
+    secret_env: where the catalog password is (the job's environment; the launcher's secrets in process).
+    """
     if spec.get("version") != SPEC_VERSION:
         raise MergeJobError(f"spec version {spec.get('version')!r} is not {SPEC_VERSION}; deploy the job script with the package")
     table = TableConfig.from_json_dict(spec["table"])
-    catalog = CatalogSettings.from_json_dict(spec["catalog"]).load()
+    catalog = CatalogSettings.from_json_dict(spec["catalog"]).with_secret_env(secret_env or {}).load()
     now = dt.datetime.fromisoformat(spec["now"])
     files, unreachable = read_landed(spec)
     for reason in unreachable.values():
@@ -402,13 +407,13 @@ def error_of(exc: BaseException) -> dict:
     return {"type": type(exc).__name__, "message": message, "traceback": traceback.format_exc(limit=8)}
 
 
-def session_launcher(spark, *, log: Log = lambda msg: None) -> Callable[[dict], dict]:
+def session_launcher(spark, *, log: Log = lambda msg: None) -> Callable[[dict, Mapping[str, str]], dict]:
     """A launcher that runs specs on an open session in this process (tests, notebooks, the bench)."""
 
-    def launch(spec: dict) -> dict:
+    def launch(spec: dict, secret_env: Mapping[str, str]) -> dict:
         started_at = time.time()
         try:
-            doc = {"ok": True, "result": run_merge(spark, spec, log=log)}
+            doc = {"ok": True, "result": run_merge(spark, spec, secret_env=secret_env, log=log)}
         except Exception as exc:  # noqa: BLE001 - the caller reads the failure from the document, as from a submitted job
             doc = {"ok": False, "error": error_of(exc)}
         doc["timings"] = {"started_at": started_at, "session_ready_at": started_at, "finished_at": time.time()}
@@ -447,12 +452,17 @@ def main(argv: list[str] | None = None) -> int:
 
         from pyspark.sql import SparkSession
 
-        spark = SparkSession.builder.appName(f"lake-merge {spec['table']['source']}.{spec['table']['name']}").getOrCreate()
+        builder = SparkSession.builder.appName(f"lake-merge {spec['table']['source']}.{spec['table']['name']}")
+        # The catalog password arrives in this process's environment, never on spark-submit's
+        # command line: it becomes the JDBC catalog's property here, before the session starts.
+        for key, value in CatalogSettings.from_json_dict(spec["catalog"]).with_secret_env(os.environ).secret_spark_conf().items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
         session_ready_at = time.time()
         log(f"Spark {spark.version} session ready in {session_ready_at - started_at:.1f}s")
         doc: dict[str, Any] = {"ok": False, "error": {"type": "Interrupted", "message": "the job was interrupted before it finished"}}
         try:
-            result = run_merge(spark, spec, log=log)
+            result = run_merge(spark, spec, secret_env=os.environ, log=log)
             doc = {"ok": True, "result": result}
         except Exception as exc:  # reported, then re-raised so the job run fails with the reason
             doc = {"ok": False, "error": error_of(exc)}
