@@ -28,6 +28,7 @@ from lake_assets.checks import check_specs, evaluate
 from lake_assets.core.naming import source_pool
 from lake_assets.core.registry import Registry, TableConfig
 from lake_assets.landing_assets import landing_asset_key, observations
+from lake_assets.maintenance import health_metadata
 from lake_assets.table_metadata import data_version, registry_column_schema, table_metadata
 from resources.lake import LakeResource
 
@@ -207,6 +208,10 @@ def merge_table(context, table: TableConfig, lake: LakeResource, checks: set[str
         metadata["busy"] = MetadataValue.text(run.busy)
     metadata["batches"] = MetadataValue.int(len(results))
     metadata |= table_metadata(tbl, table.identifier, table=table)
+    if tbl is not None:  # files, snapshots, metadata size: plotted over time, maintenance keeps them bounded
+        from lake_assets.core.maintenance import table_health
+
+        metadata |= health_metadata(table_health(tbl, table.maintenance))
     if snapshot is not None:
         metadata["snapshot_id"] = MetadataValue.text(str(snapshot))
     merged_rows = (totals["rows_read"], totals["quarantined"]) if results else None

@@ -28,7 +28,8 @@ UNIQUE_KEYS = "unique_primary_key"
 LEDGER_RECONCILED = "ledger_reconciled"
 QUARANTINE_RATE = "quarantine_rate"
 FRESHNESS = "freshness"
-CHECK_NAMES = (UNIQUE_KEYS, LEDGER_RECONCILED, QUARANTINE_RATE, FRESHNESS)
+TABLE_HEALTH = "table_health"
+CHECK_NAMES = (UNIQUE_KEYS, LEDGER_RECONCILED, QUARANTINE_RATE, FRESHNESS, TABLE_HEALTH)
 
 # How long a landed file may wait for its merge. On-arrival tables: the sensor asks for a merge within
 # seconds, so a file still unmerged after this is stuck (sensor off, runs failing, a lock held).
@@ -48,6 +49,9 @@ def check_specs(key: AssetKey, table: TableConfig) -> list[AssetCheckSpec]:
         AssetCheckSpec(QUARANTINE_RATE, asset=key, description=f"Quarantined rows of the last merge stay under "
                        f"{table.quarantine_max_rate:.1%} of the rows it read"),
         AssetCheckSpec(FRESHNESS, asset=key, description=f"Every landed file is merged within {describe_allowance(table)}"),
+        AssetCheckSpec(TABLE_HEALTH, asset=key, description=f"Warns when the table has more than "
+                       f"{table.maintenance.small_files_warn} small data files or {table.maintenance.snapshots_warn} snapshots "
+                       f"(maintenance: {table.maintenance.schedule or 'not scheduled'})"),
     ]
 
 
@@ -120,11 +124,13 @@ def evaluate(table: TableConfig, lake: LakeResource, names: Iterable[str], *, me
     if not names:
         return []
     key = AssetKey(table.asset_key_path)
-    tbl = _load(lake, table) if names & {UNIQUE_KEYS, LEDGER_RECONCILED} else None
+    tbl = _load(lake, table) if names & {UNIQUE_KEYS, LEDGER_RECONCILED, TABLE_HEALTH} else None
     entries = lake.ledger.entries(table.identifier) if names & {LEDGER_RECONCILED, QUARANTINE_RATE, FRESHNESS} else []
     out = []
     if UNIQUE_KEYS in names:
         out.append(unique_keys(table, key, tbl))
+    if TABLE_HEALTH in names:
+        out.append(table_health_result(table, key, tbl))
     if LEDGER_RECONCILED in names:
         out.append(ledger_reconciled(table, key, tbl, entries, lake))
     if QUARANTINE_RATE in names:
@@ -161,6 +167,27 @@ def unique_keys(table: TableConfig, key: AssetKey, tbl: Table | None) -> AssetCh
     dupes = row[0] if row else 0
     return AssetCheckResult(asset_key=key, check_name=UNIQUE_KEYS, passed=dupes == 0,
                             metadata={"duplicate_keys": dupes, "rows": keys.num_rows})
+
+
+def table_health_result(table: TableConfig, key: AssetKey, tbl: Table | None) -> AssetCheckResult:
+    """Small files and snapshots against the table's thresholds: a warning that maintenance is not
+    keeping up (not scheduled, failing, or the thresholds are lower than what it keeps)."""
+    from lake_assets.core.maintenance import table_health
+    from lake_assets.maintenance import health_metadata
+
+    if tbl is None:
+        return AssetCheckResult(asset_key=key, check_name=TABLE_HEALTH, passed=True, metadata={"note": "no table yet"})
+    spec = table.maintenance
+    health = table_health(tbl, spec)
+    problems = []
+    if health.small_files > spec.small_files_warn:
+        problems.append(f"{health.small_files} small data files (more than {spec.small_files_warn})")
+    if health.snapshots > spec.snapshots_warn:
+        problems.append(f"{health.snapshots} snapshots (more than {spec.snapshots_warn})")
+    description = (f"{table.identifier}: {' and '.join(problems)}; run the maintain_{table.source} job or check its "
+                   "schedule") if problems else None
+    return AssetCheckResult(asset_key=key, check_name=TABLE_HEALTH, passed=not problems, severity=AssetCheckSeverity.WARN,
+                            metadata=health_metadata(health), description=description)
 
 
 def ledger_reconciled(table: TableConfig, key: AssetKey, tbl: Table | None, entries: list[LedgerEntry],

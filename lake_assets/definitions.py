@@ -24,6 +24,7 @@ from lake_assets.core.registry import Registry, load_registry
 from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.jobs import ingest_jobs
 from lake_assets.landing_assets import landing_assets
+from lake_assets.maintenance import build_maintenance_schedules, maintenance_jobs
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor, build_sqs_sensor
 from resources.lake import LakeResource
@@ -122,11 +123,13 @@ def _build_definitions(registry: Registry, with_dbt: bool, settings: LakeSetting
                    build_landing_sensor(registry, running=True, jobs=jobs, reconcile_only=True)]
     else:
         sensors = [build_landing_sensor(registry, running=settings.automation_running, jobs=jobs)]
+    maintenance = maintenance_jobs(registry)
     core = Definitions(
         assets=[*landing_assets(registry.by_source()), *source_aligned_assets(registry), *registry_error_specs(registry)],
-        jobs=list(jobs.values()),
+        jobs=[*jobs.values(), *maintenance.values()],
         sensors=sensors,
-        schedules=build_refresh_schedules(registry, running=settings.automation_running, jobs=jobs),
+        schedules=[*build_refresh_schedules(registry, running=settings.automation_running, jobs=jobs),
+                   *build_maintenance_schedules(registry, maintenance, running=settings.automation_running)],
         resources=resources,
         # Every run in one process (the UI's materializations, automation's dbt runs too): a step
         # subprocess costs seconds to start, merges are per source and runs go in parallel.

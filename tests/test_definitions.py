@@ -24,7 +24,7 @@ from resources.lake import LakeResource
 from tests.lakehelpers import make_lake
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKS = ["freshness", "ledger_reconciled", "quarantine_rate", "unique_primary_key"]
+CHECKS = ["freshness", "ledger_reconciled", "quarantine_rate", "table_health", "unique_primary_key"]
 OWNERS = ["data-platform@example.com"]
 TRAVEL = "lake_assets/sources/travel.yaml"
 LAKE_COLUMNS = "_lake_seq string, _lake_op string, _lake_batch_id string, _lake_ingested_at timestamptz"
@@ -133,9 +133,11 @@ def test_demo_registry_asset_specs_snapshot():
     assert op.can_subset  # one op per source, any table materializable alone
     (observe,) = {graph.get(k).assets_def for k in landing}
     assert observe.can_subset
-    assert [s.name for s in defs.sensors] == ["landing_sensor"] and list(defs.schedules) == []
+    assert [s.name for s in defs.sensors] == ["landing_sensor"]
+    # on_arrival tables: no refresh schedule; the demo source's nightly maintenance
+    assert [(s.name, s.cron_schedule) for s in defs.schedules] == [("maintain_travel_0_3", "0 3 * * *")]
     assert sorted(defs.resources) == ["lake"]  # no table of the demo asks for Spark
-    assert [j.name for j in defs.jobs] == ["ingest_travel"]
+    assert [j.name for j in defs.jobs] == ["ingest_travel", "maintain_travel"]
     (sensor,) = defs.sensors
     assert [t.job_name for t in sensor.targets] == ["ingest_travel"]  # it runs the named job, never an anonymous one
 
@@ -172,7 +174,7 @@ def test_refresh_schedules_request_only_tables_with_pending_files(tmp_path, monk
     monkeypatch.setenv("LAKE_HOME", str(tmp_path))
     lake = make_lake(tmp_path, {"shop": SCHEDULED})
     defs = build_definitions(lake.registry, with_dbt=False)
-    schedules = {s.name: s for s in defs.schedules}
+    schedules = {s.name: s for s in defs.schedules if s.name.startswith("refresh_")}  # maintain_*: tests/test_maintenance.py
     assert {n: s.cron_schedule for n, s in schedules.items()} == {
         "refresh_shop_0_6_mon_fri": "0 6 * * MON-FRI", "refresh_shop_10": "*/10 * * * *"}  # none for on_arrival
     assert {s.job_name for s in schedules.values()} == {"ingest_shop"}  # the source's named job
@@ -227,7 +229,7 @@ def test_a_broken_registry_file_leaves_the_other_sources_and_shows_its_error(tmp
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"source_aligned/shop/orders", *DEMO_SNAPSHOT} <= keys
     assert not any(k.startswith("source_aligned/crm/") for k in keys)
-    assert [s.name for s in defs.schedules] == ["refresh_shop_10"]
+    assert [s.name for s in defs.schedules if s.name.startswith("refresh_")] == ["refresh_shop_10"]
 
     node = graph.get(dg.AssetKey(["registry", "crm"]))
     assert node.group_name == REGISTRY_ERRORS_GROUP and not node.is_materializable and not node.is_executable

@@ -98,7 +98,7 @@ BAD_ENTRIES = {
                        "table 'items': field refresh: refresh 'every 10 minutes' is neither a 5-field cron"),
     "bad_cron_range": (table_entry("refresh: '61 * * * *'"),
                        "table 'items': field refresh: refresh '61 * * * *' is not a valid cron expression: minute '61' is outside 0-59"),
-    "bad_mode": (table_entry("mode: upsert"), "table 'items': field mode: Input should be 'current' or 'history'"),
+    "bad_mode": (table_entry("mode: upsert"), "table 'items': field mode: Input should be 'current', 'history' or 'scd2'"),
     "headerless_csv_without_columns": (
         "source: broken\ndefaults: {format: csv}\ntables:\n  - {name: items, schema: app, primary_key: [id]}\n",
         "table 'items': field columns: header-less CSV needs the ordered column list",
