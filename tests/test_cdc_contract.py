@@ -24,6 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+from lake_assets.core.maintenance import maintain
+from lake_assets.core.registry import MaintenanceSpec
 from tests.lakehelpers import make_lake
 from tests.oracle import LandingOracle, TableOracle, sequence_value
 
@@ -112,7 +114,10 @@ def histories(draw):
     # How the engine finds the rows a change replaces: DuckDB over local files, or whole files
     # through the table's FileIO (what it does for files in an object store).
     lookup = draw(st.sampled_from(["local", "object_store"]))
-    return {"kind": kind, "fmt": fmt, "mode": mode, "ingests": ingests, "reload_at": reload_at, "write": write, "lookup": lookup}
+    # Maintenance between ingests (compaction, manifest rewrite, snapshot and orphan expiry) changes no answer.
+    maintain = draw(st.sets(st.integers(0, len(ingests) - 1), max_size=2))
+    return {"kind": kind, "fmt": fmt, "mode": mode, "ingests": ingests, "reload_at": reload_at, "write": write, "lookup": lookup,
+            "maintain": maintain}
 
 
 def _comparable(kind, v):
@@ -144,7 +149,8 @@ def rewrite_histories(draw):
     ingests = [[load]] + draw(st.lists(st.lists(cdc, min_size=1, max_size=2), min_size=3, max_size=8))
     return {"kind": kind, "fmt": "parquet", "mode": "current", "ingests": ingests, "reload_at": None,
             "write": draw(st.sampled_from(["merge_on_read", "auto", "copy_on_write"])),
-            "lookup": draw(st.sampled_from(["local", "object_store"]))}
+            "lookup": draw(st.sampled_from(["local", "object_store"])),
+            "maintain": draw(st.sets(st.integers(1, len(ingests) - 1), max_size=3))}
 
 
 @st.composite
@@ -160,10 +166,14 @@ def scd2_histories(draw):
         st.tuples(st.just("again"), st.integers(0, 20), st.just(0)),
     ), min_size=1, max_size=4), min_size=1, max_size=5))
     return {**h, "mode": "scd2", "ingests": ingests, "reload_at": draw(st.one_of(st.none(), st.integers(0, len(ingests) - 1))),
+            "maintain": draw(st.sets(st.integers(0, len(ingests) - 1), max_size=2)),
             "track": draw(st.sampled_from([None, ("val",), ("val", "note")]))}
 
 
 EXAMPLES = int(os.environ.get("LAKE_CONTRACT_EXAMPLES", "120"))
+# Maintenance that does everything it may: every file compacted, every snapshot it may expire expired.
+EAGER = MaintenanceSpec(keep_snapshots=1, max_snapshot_age_hours=0, orphan_age_hours=0, max_delete_files=0,
+                        small_file_share=1.0, min_files_to_compact=2)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -229,6 +239,9 @@ def check_history(h):
                 rows_of[path.relative_to(lake.landing).as_posix()] = payload
             reload = h["reload_at"] == i  # an operator asks for a reload: it waits for the next LOAD files
             lake.ingest(reload=reload)
+            if i in h.get("maintain", ()):
+                table = lake.registry.get("prop", "items")
+                maintain(lake.env.catalog, lake.env.ledger, table, now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), spec=EAGER)
             state = {k: (hashlib.md5((lake.landing / k).read_bytes()).hexdigest(), tuple(rows_of[k])) for k in rows_of}
             batch = landing.arrivals(state)
             pending_reload = pending_reload or reload

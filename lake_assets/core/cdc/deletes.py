@@ -58,13 +58,16 @@ def deleted_positions(io: FileIO, task: FileScanTask) -> pa.Array:
 def write_position_deletes(tbl: Table, removed: Iterable[tuple[DataFile, pa.Array]]) -> list[DataFile]:
     """One position-delete file per partition for (data file, positions) pairs; returns them as
     DataFiles to register. Positions must be original row positions in their data files."""
-    by_partition: dict[tuple[int, tuple], list[tuple[DataFile, pa.Array]]] = defaultdict(list)
+    # One delete file per data file: its path bounds are equal, so readers (pyiceberg's delete-file
+    # index, our merges) apply it to that file alone. A delete file covering many data files is read
+    # for each of them, and split by path each time: merges and scans grew with every merge.
+    by_partition: dict[tuple[int, tuple, str], list[tuple[DataFile, pa.Array]]] = defaultdict(list)
     for data_file, positions in removed:
         if len(positions):
-            by_partition[(data_file.spec_id, partition_values(data_file.partition))].append((data_file, positions))
+            by_partition[(data_file.spec_id, partition_values(data_file.partition), data_file.file_path)].append((data_file, positions))
     out = []
     location = tbl.location_provider()
-    for (spec_id, _), group in by_partition.items():
+    for (spec_id, _, _), group in by_partition.items():
         group.sort(key=lambda g: g[0].file_path)
         paths = pa.concat_arrays([pa.array([f.file_path] * len(p), pa.string()) for f, p in group])
         positions = pa.concat_arrays([p.cast(pa.int64()).sort() for _, p in group])
