@@ -70,6 +70,10 @@ BOOKING_ENDPOINT = DmsEndpoint("booking-s3", date_partition_from_round=3)
 BILLING_ENDPOINT = DmsEndpoint("billing-s3", gzip=True, include_op_for_full_load=True, date_partition_from_round=1)
 TABLE_ENDPOINTS = {"payments": BILLING_ENDPOINT}
 
+# A second DMS task replicates customers into the folder of `customer_versions`, a type-2 history
+# table (travel.yaml: mode scd2): the same files, merged into another table.
+MIRRORS = {"customer_versions": "customers"}
+
 # (table, round, batch interval) whose file is delivered one round late.
 LATE_FILES = (("bookings", 1, 0), ("hotels", 1, 0), ("payments", 2, 0))
 
@@ -903,8 +907,8 @@ def generate_travel(
     emitted: list[EmittedRow] = []
     rounds = [DemoRound("full_load", [])]
     for name, t in tables.items():
-        endpoint = TABLE_ENDPOINTS.get(name, BOOKING_ENDPOINT)
-        rows = snapshot[name]
+        endpoint = TABLE_ENDPOINTS.get(MIRRORS.get(name, name), BOOKING_ENDPOINT)
+        rows = snapshot[MIRRORS.get(name, name)]
         folder = table_dir(landing, SOURCE, t.schema, t.source_table)
         for n, start in enumerate(range(0, len(rows), LOAD_FILE_ROWS), 1):
             chunk = rows[start : start + LOAD_FILE_ROWS]
@@ -926,14 +930,21 @@ def generate_travel(
         rounds[f.deliver_in].files.append(path)
         written.append((f, path))
         emitted += [EmittedRow(f.table, path, i, c.op, c.values, f.deliver_in) for i, c in enumerate(f.changes, 1)]
+        for mirror in (m for m, of in MIRRORS.items() if of == f.table):
+            mt = tables[mirror]
+            copy = table_dir(landing, SOURCE, mt.schema, mt.source_table) / path.relative_to(table_dir(landing, SOURCE, t.schema, t.source_table))
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+            rounds[f.deliver_in].files.append(copy)
+            emitted += [EmittedRow(mirror, copy, i, c.op, c.values, f.deliver_in) for i, c in enumerate(f.changes, 1)]
 
     expected: dict[str, list[dict]] = {}
     for name, t in tables.items():
         if t.mode == "history":
             expected[name] = [{**r, "Op": "I"} for r in snapshot[name]]
             expected[name] += [{**c.values, "Op": c.op} for c in db.log if c.table == name]
-        else:
-            expected[name] = [r for _, r in sorted(db.rows[name].items())]
+        else:  # scd2: its current versions are the source's rows
+            expected[name] = [r for _, r in sorted(db.rows[MIRRORS.get(name, name)].items())]
     late = [p for f, p in written if f.deliver_in != f.rnd]
     return DemoSource(rounds, expected, landing, tables, emitted, late)
 
