@@ -31,7 +31,7 @@ from lake_assets.core.naming import landing_key
 from lake_assets.core.registry import TableConfig
 from resources.lake import LakeResource
 
-LANDING_KIND = {"parquet": "parquet", "csv": "csv"}
+LANDING_KIND = {"parquet": "parquet", "csv": "csv", "debezium": "kafka", "json": "json", "jsonl": "json"}
 
 
 def landing_asset_key(table: TableConfig) -> AssetKey:
@@ -43,7 +43,7 @@ def landing_spec(table: TableConfig) -> AssetSpec:
         key=landing_asset_key(table),
         group_name=table.source,
         kinds={LANDING_KIND[table.format]},
-        description=f"Files landed for {table.identifier} under {table.landing_prefix} (AWS DMS layout), as the ledger "
+        description=f"Files landed for {table.identifier} under {table.landing_prefix} ({table.format} files, load {table.load}), as the ledger "
                     "records them",
         owners=list(table.owners),
         metadata={"landing_prefix": table.landing_prefix, "format": table.format},

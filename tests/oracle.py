@@ -81,6 +81,39 @@ def sequence_value(kind: str, v):
     raise AssertionError(f"unknown sequence kind {kind}")
 
 
+DEBEZIUM_OPS = {"c": "I", "r": "I", "u": "U", "d": "D", "t": "T"}
+
+
+def debezium_change(line):
+    """(op, phase, image, sequence) of a Debezium line, or None when it is a bad row. The sequence is
+    source.lsn, else the tuple (source.ts_ms, source.pos, source.row); r rows rank like full-load rows."""
+    if not isinstance(line, dict):
+        return None
+    event = line["payload"] if "op" not in line and isinstance(line.get("payload"), dict) else line
+    op = event.get("op")
+    if op not in DEBEZIUM_OPS:
+        return None
+    source = event.get("source") or {}
+    if source.get("lsn") is not None:
+        seq = (source["lsn"],)
+    elif source.get("ts_ms") is not None and source.get("pos") is not None:
+        seq = (source["ts_ms"], source["pos"], source.get("row") or 0)
+    else:
+        return None
+    image = {} if op == "t" else event.get("before" if op == "d" else "after")
+    if not isinstance(image, dict):
+        return None
+    return DEBEZIUM_OPS[op], (0 if op == "r" else 1), image, seq
+
+
+def snapshot_row_is_bad(r: dict, keys: tuple[str, ...]) -> bool:
+    """A file-drop row the lake quarantines: a null key, or a `val` that is not a whole number."""
+    if any(r.get(k) is None for k in keys):
+        return True
+    v = r.get("val")
+    return v is not None and not (isinstance(v, int) or (isinstance(v, str) and re.fullmatch(r"-?\d+", v)))
+
+
 @dataclass
 class Counts:
     inserted: int = 0
@@ -110,6 +143,8 @@ class TableOracle:
     track_history_on: tuple[str, ...] | None = None  # scd2: None tracks every column but seq
     era: int = 0  # scd2: reloads so far; every change of a later era follows every earlier one
     log: dict = field(default_factory=dict)  # scd2: key -> [(order, op, row)], every change ever merged
+    truncated_below: tuple | None = None  # position of the newest truncate merged
+    snapshot_file: tuple | None = None  # (name, version) of the newest snapshot file merged
 
     def _position(self, f: OracleFile, n: int, r: dict):
         """(phase, sequence, name, version, row, key); raises BadValue for a bad row."""
@@ -153,6 +188,29 @@ class TableOracle:
             return counts
         if counts.reload:
             self.rows, self.tombstones = {}, {}
+        self._apply(changes, counts)
+        return counts
+
+    def _apply(self, changes: list, counts: Counts) -> None:
+        """Current mode: truncates first (every row below the newest one goes, and so does every
+        change below it, now or late), then each key's newest change against the table's row."""
+        cuts = [pos for pos, op, _, _, _ in changes if op == "T"]
+        newest_cut = max(cuts, default=None)
+        if newest_cut is not None and (self.truncated_below is None or newest_cut > self.truncated_below):
+            for key in [k for k, (pos, _) in self.rows.items() if pos < newest_cut]:
+                del self.rows[key]
+                self.tombstones[key] = newest_cut
+                counts.deleted += 1
+            self.truncated_below = newest_cut
+        kept = []
+        for change in changes:
+            if change[1] == "T":
+                continue
+            if self.truncated_below is not None and change[0] < self.truncated_below:
+                counts.tombstone_rejected += 1
+                continue
+            kept.append(change)
+        changes = kept
         win: dict = {}
         for pos, op, row, _, _ in changes:
             key = tuple(row[k] for k in self.keys)
@@ -181,6 +239,70 @@ class TableOracle:
                     counts.updated += 1
             else:
                 counts.stale_skipped += 1
+
+    def merge_debezium(self, files: list[OracleFile]) -> Counts:
+        """Files of Debezium lines (a dict envelope, None for a tombstone, text for a broken line)."""
+        counts = Counts()
+        changes = []
+        for f in files:
+            for n, line in enumerate(f.rows, start=1):
+                if line is None:
+                    continue  # a tombstone
+                change = debezium_change(line)
+                if change is None or (change[0] != "T" and any(change[2].get(k) is None for k in self.keys)):
+                    self.quarantine.append((f.key, f.version, n))
+                    counts.quarantined += 1
+                    continue
+                op, phase, row, seq = change
+                pos = (phase, seq, f.base, f.version, n, f.key)
+                changes.append((pos, op, {c: row.get(c) for c in self.columns}, f, n))
+        if self.mode == "history":
+            for _pos, op, row, f, n in changes:
+                self.history.append({**row, "_lake_op": op, "_lake_file": f.key, "_lake_row": n})
+            counts.appended = len(changes)
+            return counts
+        self._apply(changes, counts)
+        return counts
+
+    def merge_snapshots(self, files: list[OracleFile], *, allow_empty: bool = False) -> Counts:
+        """Snapshot files: the newest (name, version) is the table, unless an earlier merge took a newer one.
+        A file with no good row fails (it is not merged at all) unless empty snapshots are allowed."""
+        counts = Counts()
+        readable = []
+        for f in files:
+            good, bad = [], []
+            for n, r in enumerate(f.rows, start=1):
+                (bad if snapshot_row_is_bad(r, self.keys) else good).append((n, r))
+            if not good and not allow_empty:
+                continue  # the file fails alone: nothing of it is merged or quarantined
+            readable.append((f, good, bad))
+        for f, _good, bad in readable:
+            for n, _ in bad:
+                self.quarantine.append((f.key, f.version, n))
+                counts.quarantined += 1
+        if not readable:
+            return counts
+        f, good, bad = max(readable, key=lambda x: (x[0].base, x[0].version))
+        if self.snapshot_file is not None and (f.base, f.version) <= self.snapshot_file:
+            return counts
+        self.snapshot_file = (f.base, f.version)
+        new = {}
+        for n, r in good:
+            new[tuple(r[k] for k in self.keys)] = (n, {c: r.get(c) for c in self.columns})
+        protected = {tuple(r.get(k) for k in self.keys) for _, r in bad}
+        for key in list(self.rows):
+            if key not in new and key not in protected:
+                del self.rows[key]
+                counts.deleted += 1
+        for key, (n, row) in new.items():
+            held = self.rows.get(key)
+            if held is None:
+                counts.inserted += 1
+            elif held[1] != row:
+                counts.updated += 1
+            else:
+                continue
+            self.rows[key] = ((f.base, f.version, n), row)
         return counts
 
     def _tracked(self, row: dict) -> tuple:
@@ -250,6 +372,7 @@ class LandingOracle:
     recorded: set = field(default_factory=set)  # (key, checksum)
     checksums: set = field(default_factory=set)  # content recorded for the table
     versions: dict = field(default_factory=dict)  # key -> highest version
+    dedupe: bool = True  # False for snapshot loads: the same content under a new name is a new snapshot
 
     def arrivals(self, landed: dict[str, tuple[str, tuple[dict, ...]]]) -> list[OracleFile]:
         """landed: key -> (checksum, rows) as the landing zone holds them now. Returns the files the
@@ -263,7 +386,7 @@ class LandingOracle:
             self.recorded.add((key, checksum))
             version = self.versions.get(key, 0) + 1
             self.versions[key] = version
-            if checksum in self.checksums:
+            if self.dedupe and checksum in self.checksums:
                 continue  # the same content under another name: a duplicate delivery
             self.checksums.add(checksum)
             out.append(OracleFile(key, rows, version))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
+from lake_assets.core.cdc.dms import LandingKeyError, landing_folder, parse_landing_key
+from lake_assets.core.cdc.formats import parse_table_key
 from lake_assets.core.landing import LandingZone, ListedObject
 from lake_assets.core.ledger import DUPLICATE, FileLedger, LandedFile
 from lake_assets.core.registry import Registry, TableConfig
@@ -107,17 +108,27 @@ def _cursor_name(key: str) -> bool:
 def route(
     key: str, registry: Registry, folders: dict[tuple[str, str, str], TableConfig] | None = None
 ) -> tuple[str | None, str | None]:
+    """The table a landed key belongs to (by its folder), provided its name is a file of that table's
+    format; else None and why."""
     folders = folders if folders is not None else registry.for_landing_folder()
     try:
-        f = parse_landing_key(key)
+        source, schema, folder = landing_folder(key)
     except LandingKeyError as e:
         return None, str(e)
-    t = folders.get((f.source, f.schema, f.table))
+    t = folders.get((source, schema, folder))
     if t is None:
-        broken = registry.error_for_source(f.source)
+        broken = registry.error_for_source(source)
         if broken is not None:
-            return None, f"{key}: the registry file of source {f.source!r} is invalid, so its tables are not ingested: {broken.message}"
-        return None, f"{key}: no registry table for source {f.source!r}, schema {f.schema!r}, table {f.table!r}"
+            return None, f"{key}: the registry file of source {source!r} is invalid, so its tables are not ingested: {broken.message}"
+        try:
+            parse_landing_key(key)
+        except LandingKeyError as e:  # not even a DMS file name: say that first, as before
+            return None, str(e)
+        return None, f"{key}: no registry table for source {source!r}, schema {schema!r}, table {folder!r}"
+    try:
+        parse_table_key(key, t)
+    except LandingKeyError as e:
+        return None, f"{e} (table {t.identifier}, format {t.format})"
     return t.identifier, None
 
 
@@ -136,6 +147,7 @@ def record_arrivals(
     report = ArrivalReport()
     now = time.time() if now is None else now
     folders = registry.for_landing_folder()
+    snapshot_tables = {t.identifier: t.load == "snapshot" for t in registry.tables}
     # Files that routed nowhere earlier may route now (a table was added to the registry).
     for e in ledger.unrouted():
         table_id, _ = route(e.key, registry, folders)
@@ -170,7 +182,8 @@ def record_arrivals(
             skipped.append(obj.key)
             continue
         table_id, reason = route(obj.key, registry, folders)
-        new.append(LandedFile(obj.key, landing.checksum(obj.key), obj.size, obj.version, table_id, reason))
+        snapshot = table_id is not None and snapshot_tables.get(table_id, False)
+        new.append(LandedFile(obj.key, landing.checksum(obj.key), obj.size, obj.version, table_id, reason, dedupe=not snapshot))
     if youngest is not None:
         report.settled_at = youngest + settle_seconds
     # By key: when the same content lands under two names at once, the earlier name is the original

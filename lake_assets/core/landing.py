@@ -13,6 +13,15 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+# Where archived files go (`archive: true` tables), under the landing root: a folder no source can
+# be named (source names start with a letter), never listed or routed as a landed file.
+ARCHIVE_FOLDER = "_archive"
+
+
+def is_archived(key: str) -> bool:
+    return key.split("/", 1)[0] == ARCHIVE_FOLDER
+
+
 @dataclass(frozen=True)
 class ListedObject:
     key: str  # relative to the landing root, '/'-separated
@@ -36,6 +45,12 @@ class LandingZone(Protocol):
     def landing_key(self, bucket: str, key: str) -> str | None:
         """The landing key of the object s3://bucket/key (an event notification's), None when it is
         outside this landing zone."""
+        ...
+
+    def archive(self, key: str, checksum: str) -> str | None:
+        """Move a merged file to `<root>/_archive/<key>` when its content still has `checksum`;
+        returns where it went, None when it changed since (a new version is landing under its key).
+        FileNotFoundError when it is gone."""
         ...
 
 
@@ -63,7 +78,8 @@ class LocalLandingZone:
             with os.scandir(d) as it:
                 for e in it:
                     if e.is_dir(follow_symlinks=False):
-                        stack.append(Path(e.path))
+                        if not (d == self.root and e.name == ARCHIVE_FOLDER):
+                            stack.append(Path(e.path))
                     elif e.is_file(follow_symlinks=False) and not e.name.startswith("."):
                         st = e.stat()
                         key = Path(e.path).relative_to(self.root).as_posix()
@@ -76,6 +92,14 @@ class LocalLandingZone:
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def archive(self, key: str, checksum: str) -> str | None:
+        if self.checksum(key) != checksum:
+            return None
+        target = self.root / ARCHIVE_FOLDER / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.root / key, target)  # a rename: the file is in one place or the other
+        return str(target)
 
     def checksum(self, key: str) -> str:
         h = hashlib.md5(usedforsecurity=False)
@@ -101,7 +125,8 @@ class S3LandingZone:
     def landing_key(self, bucket: str, key: str) -> str | None:
         if bucket != self.bucket or not key.startswith(self.prefix) or key.endswith("/"):
             return None
-        return key[len(self.prefix) :] or None
+        landed = key[len(self.prefix) :]
+        return None if not landed or is_archived(landed) else landed
 
     def list(self, folder: str = "", start_after: str | None = None) -> Iterator[ListedObject]:
         args = {"Bucket": self.bucket, "Prefix": self.prefix + folder}
@@ -110,7 +135,7 @@ class S3LandingZone:
         for page in self.client.get_paginator("list_objects_v2").paginate(**args):  # type: ignore[arg-type]
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(self.prefix) :]
-                if key and not key.endswith("/"):
+                if key and not key.endswith("/") and not is_archived(key):
                     yield ListedObject(key, obj["Size"], obj["ETag"].strip('"'), obj["LastModified"].timestamp())
 
     def read(self, key: str) -> bytes:
@@ -118,3 +143,20 @@ class S3LandingZone:
 
     def checksum(self, key: str) -> str:
         return self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ETag"].strip('"')
+
+    def archive(self, key: str, checksum: str) -> str | None:
+        source = self.prefix + key
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=source)
+        except self.client.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"s3://{self.bucket}/{source}") from None
+            raise
+        if head["ETag"].strip('"') != checksum:
+            return None
+        target = f"{self.prefix}{ARCHIVE_FOLDER}/{key}"
+        # Only the version that was merged is copied (CopySourceIfMatch), then removed.
+        self.client.copy_object(Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source},
+                                CopySourceIfMatch=head["ETag"])
+        self.client.delete_object(Bucket=self.bucket, Key=source)
+        return f"s3://{self.bucket}/{target}"

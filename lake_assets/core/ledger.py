@@ -65,6 +65,9 @@ class LandedFile:
     version: str  # cheap change marker from the listing (mtime+size locally, ETag on S3)
     table_id: str | None  # source.table, None when the file routes to no registry table
     reason: str | None = None  # why it could not be routed
+    # Whether content equal to another file of the table is a duplicate delivery; not for snapshot
+    # loads, where a file equal to an older one is the newest state of the table all the same.
+    dedupe: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class LedgerEntry:
     file_version: int  # 1 for the first content under a key, +1 for each new content under it
     duplicate_of: str | None  # for a duplicate: the key of the file with the same content
     claimed_by: str | None  # owner (TableLock.owner) of the batch that claimed it
+    archived_to: str | None = None  # where the file went after its merge (`archive: true` tables)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class FileLedger(Protocol):
     def lock_holder(self, table_id: str) -> LockHolder | None: ...
     def keep_batches(self, table_id: str, records: dict[str, dict[str, str]]) -> None: ...
     def kept_batches(self, table_id: str) -> dict[str, dict[str, str]]: ...
+    def record_archived(self, entry_id: int, location: str) -> None: ...
 
 
 _SCHEMA = """
@@ -168,6 +173,7 @@ CREATE TABLE IF NOT EXISTS landed_files (
     file_version INTEGER,
     duplicate_of TEXT,
     claimed_by TEXT,
+    archived_to TEXT,
     UNIQUE (key, checksum)
 );
 CREATE TABLE IF NOT EXISTS table_locks (
@@ -195,7 +201,7 @@ CREATE TABLE IF NOT EXISTS kept_batches (
 """
 
 # Columns added after the first release; a ledger created before them gets them at open.
-_ADDED_COLUMNS = {"file_version": "INTEGER", "duplicate_of": "TEXT", "claimed_by": "TEXT"}
+_ADDED_COLUMNS = {"file_version": "INTEGER", "duplicate_of": "TEXT", "claimed_by": "TEXT", "archived_to": "TEXT"}
 
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS landed_files_table_status ON landed_files (table_id, status);
@@ -206,7 +212,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS landed_files_key_version ON landed_files (key,
 
 _COLUMNS = (
     "id, key, checksum, size, table_id, status, batch_id, reason, attempts, arrived_at, rows_read, quarantined_rows, "
-    "snapshot_id, file_version, duplicate_of, claimed_by"
+    "snapshot_id, file_version, duplicate_of, claimed_by, archived_to"
 )
 _HOLDER = "owner, host, pid, acquired_at, expires_at"
 
@@ -367,7 +373,7 @@ class SqlFileLedger:
                     continue
                 self._exec(cur, "SELECT COALESCE(MAX(file_version), 0) FROM landed_files WHERE key = ?", (f.key,))
                 file_version = cur.fetchone()[0] + 1
-                other = self._duplicate_of(cur, f.table_id, f.checksum, f.key) if f.table_id else None
+                other = self._duplicate_of(cur, f.table_id, f.checksum, f.key) if f.table_id and f.dedupe else None
                 reason: str | None
                 if f.table_id and other is not None:
                     status, reason = DUPLICATE, self._duplicate_reason(f.key, f.checksum, f.table_id, other)
@@ -558,6 +564,12 @@ class SqlFileLedger:
             return cur.rowcount
 
         return self._run(f"resetting table {table_id} for a rebuild", run)
+
+    def record_archived(self, entry_id: int, location: str) -> None:
+        """Where a merged file went when it was archived (a location, or why it could not be)."""
+        self._run(f"recording where ledger entry {entry_id} was archived",
+                  lambda cur: self._exec(cur, "UPDATE landed_files SET archived_to = ?, updated_at = ? WHERE id = ?",
+                                         (location, _now(), entry_id)))
 
     # --- queries --------------------------------------------------------------------------------
 

@@ -37,7 +37,15 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x fas
 
 TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[\d+\]|truncate\[\d+\])$")
 
-Format = Literal["parquet", "csv"]
+# What the landed files are. With `load: cdc` (the default): AWS DMS files (`parquet`, `csv`) or
+# Debezium change events (`debezium`); with `load: snapshot | append | upsert`: file drops of plain
+# rows (`csv`, `json` (one array or object per file), `jsonl`, `parquet`), each optionally zipped.
+Format = Literal["parquet", "csv", "debezium", "json", "jsonl"]
+# How a file's rows change the table: `cdc` files carry changes (an op per row); a `snapshot` file is
+# the whole table (the newest file wins, rows absent from it are deleted); `append` files are
+# appended (mode history); `upsert` files are keyed inserts-or-updates.
+Load = Literal["cdc", "snapshot", "append", "upsert"]
+DROP_FORMATS = ("csv", "json", "jsonl", "parquet")
 Mode = Literal["current", "history", "scd2"]
 Engine = Literal["inprocess", "spark"]
 # How a merge removes replaced rows: rewrite the data files that hold them (copy-on-write), write
@@ -229,6 +237,33 @@ def _selection_problem(t: Any) -> str | None:
     return None
 
 
+def _format_load_problem(t: Any) -> str | None:
+    """Which formats go with which loads, and what each load needs of the table."""
+    if t.load == "cdc":
+        if t.format not in ("parquet", "csv", "debezium"):
+            return (f"field format: {t.format} files carry rows, not changes: give the table a load "
+                    "(snapshot, append or upsert), or use format parquet/csv (AWS DMS) or debezium for change files")
+    elif t.format not in DROP_FORMATS:
+        return f"field load: {t.format} files carry changes; load {t.load} takes {', '.join(DROP_FORMATS)} files"
+    if t.format == "debezium" and t.mode == "scd2":
+        return ("field mode: a debezium table cannot be mode scd2: versions open and close at sequence_by values, "
+                "while Debezium changes are ordered by their source position and a truncate (op t) carries no value "
+                "to close versions at; use mode current or history")
+    if t.format == "debezium" and t.sequence_by is not None:
+        return ("field sequence_by: Debezium changes are ordered by their source position (source.lsn, else "
+                "source.ts_ms, source.pos and source.row); a debezium table declares no sequence_by")
+    if t.load == "snapshot":
+        if t.mode != "current":
+            return f"field mode: load snapshot keeps the table equal to the newest file: it needs mode current (mode is {t.mode})"
+        if t.sequence_by is not None:
+            return "field sequence_by: load snapshot orders files by name and version: the newest file is the table"
+    if t.load == "append" and t.mode != "history":
+        return f"field mode: load append appends every row once: it needs mode history (mode is {t.mode})"
+    if t.allow_empty_snapshot and t.load != "snapshot":
+        return f"field allow_empty_snapshot: only a load snapshot table has snapshot files (load is {t.load})"
+    return None
+
+
 def _table_name(v: str) -> str:
     check_identifier(v, "table name")
     if v.endswith(TOMBSTONE_SUFFIX) or v.endswith(QUARANTINE_SUFFIX):
@@ -311,6 +346,9 @@ class TableDefaults(_Strict):
     """Settings a source sets once for all its tables; a table may override each."""
 
     format: Format = "parquet"
+    load: Load = "cdc"
+    archive: bool = False
+    allow_empty_snapshot: bool = False
     csv: CsvOptions = CsvOptions()
     mode: Mode = "current"
     engine: Engine = "inprocess"
@@ -340,6 +378,9 @@ class TableSpec(_TableRules):
     pii: tuple[str, ...] = ()
     description: str | None = None
     format: Format | None = None
+    load: Load | None = None
+    archive: bool | None = None
+    allow_empty_snapshot: bool | None = None
     csv: CsvOptions | None = None
     mode: Mode | None = None
     engine: Engine | None = None
@@ -390,6 +431,9 @@ class TableConfig(_TableRules):
     csv: CsvOptions
     mode: Mode
     engine: Engine
+    load: Load = "cdc"
+    archive: bool = False  # after its commit, a landed file moves to the landing zone's archive
+    allow_empty_snapshot: bool = False  # an empty snapshot file empties the table instead of failing
     refresh: str | None
     tombstone_retention_days: int = Field(ge=0)
     write: Write = "auto"
@@ -412,6 +456,13 @@ class TableConfig(_TableRules):
     def _csv_needs_columns(self) -> TableConfig:
         if self.format == "csv" and not self.csv.header and self.columns is None:
             raise ValueError("field columns: header-less CSV needs the ordered column list")
+        return self
+
+    @model_validator(mode="after")
+    def _format_and_load(self) -> TableConfig:
+        problem = _format_load_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -571,6 +622,9 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                     partition_by=t.partition_by,
                     pii=t.pii,
                     format=pick("format"),
+                    load=pick("load"),
+                    archive=pick("archive"),
+                    allow_empty_snapshot=pick("allow_empty_snapshot"),
                     csv=pick("csv"),
                     mode=pick("mode"),
                     engine=pick("engine"),

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake_assets.core.cdc.dms import OP, ROW, DmsFile, FileChanges, FileReadError, QuarantinedRow, read_dms_file
+from lake_assets.core.cdc.dms import OP, ROW, FileChanges, FileReadError, QuarantinedRow, SourceFile
+from lake_assets.core.cdc.formats import read_file
 from lake_assets.core.cdc.iceberg import SchemaDriftError
 from lake_assets.core.cdc.position import (
     EncodedSequence,
@@ -35,7 +36,7 @@ FILE = "_lake_file"
 class LandedInput:
     """One landed file handed to a merge: where it is, its bytes, and its version in the ledger."""
 
-    file: DmsFile
+    file: SourceFile
     data: bytes
     version: int = 1
 
@@ -48,7 +49,7 @@ class LandedInput:
 class ChangeBatch:
     table: TableConfig
     changes: pa.Table  # data columns + _op + _row + _lake_file + _lake_seq (the position)
-    files: list[DmsFile]
+    files: list[SourceFile]
     sequence_kind: SequenceKind | None = None
     quarantined: list[tuple[str, QuarantinedRow]] = field(default_factory=list)
     rows_read: int = 0
@@ -58,6 +59,21 @@ class ChangeBatch:
     @property
     def load_numbers(self) -> list[int]:
         return sorted(f.load_number for f in self.files if f.load_number is not None)
+
+
+def deletes_at(schema: pa.Schema, keyed: pa.Table, keys: tuple[str, ...], *, seq: str, file: str, row: int) -> pa.Table:
+    """Changes of `schema` deleting each key of `keyed` at one position (a truncate's, a snapshot's)."""
+    n = keyed.num_rows
+    at = {OP: "D", SEQ: seq, FILE: file, ROW: row}
+    columns = []
+    for f in schema:
+        if f.name in keys:
+            columns.append(keyed.column(f.name).cast(f.type))
+        elif f.name in at:
+            columns.append(pa.array([at[f.name]] * n, f.type))
+        else:
+            columns.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def declared_sequence_kind(table: TableConfig) -> SequenceKind | None:
@@ -87,7 +103,24 @@ def _with_positions(table: TableConfig, r: FileChanges, version: int, kind: Sequ
     where = f"{f.key} (table {table.identifier})"
     sequence = None
     quarantined = list(r.quarantined)
-    if table.sequence_by is not None:
+    is_load: bool | pa.Array = f.is_load
+    if r.sequence is not None:  # the format's own order (Debezium's source position): number text, never null
+        if kind is not None and kind is not SequenceKind.NUMBER:
+            raise FileReadError(f"{where}: the file's changes are ordered by their source position (a number), "
+                                f"but the table orders its changes by {kind.name.lower()}s")
+        kind = SequenceKind.NUMBER
+        encoded = encode_sequence(r.sequence, kind, "source position")
+        if encoded.bad:
+            rows = t.column(ROW)
+            quarantined += [QuarantinedRow(rows[i].as_py(), encoded.bad[i], _row_values(t, i)) for i in sorted(encoded.bad)]
+            keep = pa.array([i not in encoded.bad for i in range(t.num_rows)])
+            t, sequence = t.filter(keep), encoded.values.filter(keep)
+            is_load = r.load_rows.filter(keep) if r.load_rows is not None else f.is_load
+        else:
+            sequence = encoded.values
+            is_load = r.load_rows if r.load_rows is not None else f.is_load
+        quarantined.sort(key=lambda q: q.row)
+    elif table.sequence_by is not None:
         col = table.sequence_by
         if col not in r.file_columns:
             raise FileReadError(
@@ -123,7 +156,7 @@ def _with_positions(table: TableConfig, r: FileChanges, version: int, kind: Sequ
         else:
             sequence = encoded.values
         quarantined.sort(key=lambda q: q.row)
-    positions = file_positions(is_load=f.is_load, sequence=sequence, name=f.base, version=version, rows=t.column(ROW), key=f.key)
+    positions = file_positions(is_load=is_load, sequence=sequence, name=f.base, version=version, rows=t.column(ROW), key=f.key)
     t = t.append_column(FILE, pa.array([f.key] * t.num_rows, pa.string())).append_column(SEQ, positions)
     return FileChanges(f, t, quarantined, r.file_columns), kind
 
@@ -158,7 +191,7 @@ def read_batch(
     versions: dict[str, int] = {}
     for landed in inputs:
         try:
-            read = read_dms_file(landed.file, landed.data, table)
+            read = read_file(landed.file, landed.data, table)
             read, kind = _with_positions(table, read, landed.version, kind)
         except FileReadError as e:
             failed[landed.key] = str(e)

@@ -14,6 +14,7 @@ import json
 import re
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,14 +50,15 @@ class FileReadError(ValueError):
 
 
 @dataclass(frozen=True)
-class DmsFile:
-    """Where a landed DMS file belongs and where it sorts."""
+class SourceFile:
+    """Where a landed file belongs and where it sorts (a DMS file, a Debezium file, a file drop:
+    `formats.parse_table_key` names each by its table's format)."""
 
     key: str  # relative to the landing root
     source: str
     schema: str
     table: str  # the source table folder name
-    base: str  # file name without extension
+    base: str  # the name a file sorts by: DMS file name, or path under the table folder, without extension
     extension: str
     load_number: int | None  # full-load file number, None for CDC
 
@@ -70,8 +72,19 @@ class DmsFile:
         return ("0" if self.is_load else "1") + self.base
 
 
-def parse_landing_key(key: str) -> DmsFile:
-    shown = _printable(key)
+def landing_folder(key: str) -> tuple[str, str, str]:
+    """(source, schema, table folder) of a landed key: its first three folders, whatever the format."""
+    parts = key.strip("/").split("/")
+    if len(parts) < 4:
+        raise LandingKeyError(f"{printable(key)}: expected <source>/<schema>/<table>/.../<file>")
+    if not all(parts):
+        raise LandingKeyError(f"{printable(key)}: empty folder name in the key")
+    return parts[0], parts[1], parts[2]
+
+
+def parse_landing_key(key: str) -> SourceFile:
+    """A DMS file's key: its table folder, its full-load number or CDC time name."""
+    shown = printable(key)
     parts = key.strip("/").split("/")
     if len(parts) not in (4, 7):
         raise LandingKeyError(
@@ -97,15 +110,15 @@ def parse_landing_key(key: str) -> DmsFile:
     if m:
         if len(parts) == 7:
             raise LandingKeyError(f"{shown}: full-load files are never under date folders")
-        return DmsFile(key, source, schema, table, base, ext, int(m.group(1), 16))
+        return SourceFile(key, source, schema, table, base, ext, int(m.group(1), 16))
     if CDC_NAME.fullmatch(base):
         try:
             dt.datetime.strptime(base[:15], "%Y%m%d-%H%M%S")
         except ValueError as e:
             raise LandingKeyError(f"{shown}: CDC file name {base!r} is not a real time yyyyMMdd-HHmmssSSS ({e})") from None
-        return DmsFile(key, source, schema, table, base, ext, None)
+        return SourceFile(key, source, schema, table, base, ext, None)
     raise LandingKeyError(
-        f"{shown}: file name {_printable(name)!r} is neither a DMS full-load name (LOAD + 8 hex digits) "
+        f"{shown}: file name {printable(name)!r} is neither a DMS full-load name (LOAD + 8 hex digits) "
         "nor a CDC name (yyyyMMdd-HHmmssSSS)"
     )
 
@@ -121,17 +134,22 @@ class QuarantinedRow:
 class FileChanges:
     """The typed changes of one file: data columns, `_op` and `_row` (1-based row in the file)."""
 
-    file: DmsFile
+    file: SourceFile
     table: pa.Table
     quarantined: list[QuarantinedRow] = field(default_factory=list)
     file_columns: frozenset[str] = frozenset()  # data columns the file itself carries (not filled in)
+    # A format that carries its own order (Debezium's source position) gives each row's sequence
+    # as number text, and which rows rank like full-load rows (snapshot reads); None: the file's
+    # kind (LOAD or CDC) and the table's sequence_by decide.
+    sequence: pa.Array | None = None
+    load_rows: pa.Array | None = None
 
     @property
     def rows_read(self) -> int:
         return self.table.num_rows + len(self.quarantined)
 
 
-def _printable(text: str, limit: int | None = None) -> str:
+def printable(text: str, limit: int | None = None) -> str:
     """Text safe to show in a reason: unprintable characters escaped, cut at limit characters."""
     if limit is not None:
         text = text[: limit + 1]  # enough to know whether it was cut, without escaping a huge text
@@ -144,7 +162,7 @@ def _printable(text: str, limit: int | None = None) -> str:
 
 def _show(value: object) -> str:
     """A value as a reason quotes it: its Python repr, printable and short."""
-    return _printable(repr(value), 100)
+    return printable(repr(value), 100)
 
 
 def _scalar(col: pa.ChunkedArray | pa.Array, i: int) -> Any:
@@ -155,7 +173,7 @@ def _scalar(col: pa.ChunkedArray | pa.Array, i: int) -> Any:
         return col.slice(i, 1).cast(pa.string())[0].as_py()
 
 
-def _raw_json(values: dict) -> str:
+def raw_json(values: dict) -> str:
     return json.dumps(values, default=str, sort_keys=False)
 
 
@@ -175,39 +193,52 @@ def _raw_rows(raw: pa.Table, indices: list[int]) -> list[dict]:
     return [{c: v[j] for c, v in columns.items()} for j in range(len(indices))]
 
 
-def read_dms_file(f: DmsFile, data: bytes, table: TableConfig) -> FileChanges:
-    """Read one landed file into typed change rows; bad rows are set aside with a reason.
+def read_dms_file(f: SourceFile, data: bytes, table: TableConfig) -> FileChanges:
+    """Read one landed DMS file into typed change rows; bad rows are set aside with a reason."""
+    return read_guarded(f, table, lambda where: _read(where, f, data, table))
+
+
+def read_guarded(f: SourceFile, table: TableConfig, read: Callable[[str], FileChanges]) -> FileChanges:
+    """Run one format's reader on one file: `read(where)`, where names the file and the table.
 
     Whatever goes wrong with the file itself raises FileReadError, and only that: its reason names
     the file and the table, and is short, printable text. The file stays landed for a retry.
     """
-    where = f"{_printable(f.key)} (table {table.identifier})"
+    where = f"{printable(f.key)} (table {table.identifier})"
     try:
-        return _read(where, f, data, table)
+        return read(where)
     except FileReadError as e:
         text = str(e)
         if len(text) <= len(where) + 2 * REASON_CHARS and text.isprintable():
             raise
-        raise FileReadError(_printable(text, len(where) + 2 * REASON_CHARS)) from e
+        raise FileReadError(printable(text, len(where) + 2 * REASON_CHARS)) from e
     except Exception as e:  # one bad file fails alone, whatever broke
-        detail = _printable(str(e), REASON_CHARS)
+        detail = printable(str(e), REASON_CHARS)
         raise FileReadError(f"{where}: could not read the file: {type(e).__name__}: {detail}") from e
 
 
-def _read(where: str, f: DmsFile, data: bytes, table: TableConfig) -> FileChanges:
+def check_not_empty(where: str, data: bytes) -> None:
     if len(data) == 0:
         raise FileReadError(f"{where}: zero-byte file (an upload still in progress or a failed producer write)")
+
+
+def gunzip(where: str, data: bytes) -> bytes:
+    if not data.startswith(GZIP_MAGIC):
+        raise FileReadError(f"{where}: not a gzip file: {_describe_start(data)}")
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as e:
+        raise FileReadError(f"{where}: truncated or corrupt gzip: {printable(str(e), REASON_CHARS)}") from None
+
+
+def _read(where: str, f: SourceFile, data: bytes, table: TableConfig) -> FileChanges:
+    check_not_empty(where, data)
     if f.extension == ".parquet":
-        return _typed(where, f, table, _read_parquet(where, data), [])
+        return typed_changes(where, f, table, read_parquet(where, data), [])
     if f.extension == ".csv.gz":
-        if not data.startswith(GZIP_MAGIC):
-            raise FileReadError(f"{where}: not a gzip file: {_describe_start(data)}")
-        try:
-            data = gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as e:
-            raise FileReadError(f"{where}: truncated or corrupt gzip: {_printable(str(e), REASON_CHARS)}") from None
-    raw, bad_rows = _read_csv(where, data, f, table)
-    return _typed(where, f, table, raw, bad_rows)
+        data = gunzip(where, data)
+    raw, bad_rows = read_csv(where, data, f, table)
+    return typed_changes(where, f, table, raw, bad_rows)
 
 
 def _describe_start(data: bytes) -> str:
@@ -228,20 +259,20 @@ def _not_text(data: bytes) -> str | None:
     return None
 
 
-def _read_parquet(where: str, data: bytes) -> pa.Table:
+def read_parquet(where: str, data: bytes) -> pa.Table:
     try:
         # INT96 timestamps (Spark, Hive) as microseconds: nanoseconds overflow before 1677.
         file = pq.ParquetFile(io.BytesIO(data), coerce_int96_timestamp_unit="us")
-        names = _column_names(where, file.schema_arrow.names)  # before reading any data
+        names = column_names(where, file.schema_arrow.names)  # before reading any data
         t = file.read()
     except (pa.ArrowException, OSError, ValueError) as e:
         if isinstance(e, FileReadError):
             raise
-        raise FileReadError(f"{where}: not a readable Parquet file: {_printable(str(e), REASON_CHARS)}") from None
+        raise FileReadError(f"{where}: not a readable Parquet file: {printable(str(e), REASON_CHARS)}") from None
     return t.rename_columns(names)
 
 
-def _column_name(where: str, name: str) -> str:
+def column_name(where: str, name: str) -> str:
     if name == "Op":
         return OP
     low = name.lower()
@@ -254,9 +285,9 @@ def _column_name(where: str, name: str) -> str:
     return low
 
 
-def _column_names(where: str, names: list[str]) -> list[str]:
+def column_names(where: str, names: list[str]) -> list[str]:
     """The lake names of a file's columns (lowercase, Op as _op); two columns may not share one."""
-    out = [_column_name(where, n) for n in names]
+    out = [column_name(where, n) for n in names]
     first: dict[str, str] = {}
     for name, low in zip(names, out):
         if low not in first:
@@ -301,24 +332,25 @@ def _csv_field_counts(data: bytes, opts: CsvOptions, sample_rows: int = 1000, sa
     return counts
 
 
-def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[pa.Table, list[QuarantinedRow]]:
+def read_csv(where: str, data: bytes, f: SourceFile, table: TableConfig, *, changes: bool = True) -> tuple[pa.Table, list[QuarantinedRow]]:
+    """A CSV file's rows as text columns. changes: the file may carry an Op column (DMS); False: plain rows."""
     opts = table.csv
     why = _not_text(data)
     if why:
         raise FileReadError(f"{where}: not a CSV file: {why}")
     data = data.removeprefix(UTF8_BOM)
     if not data.strip():
-        cols = [OP] + [c.name for c in table.columns or ()]
+        cols = ([OP] if changes else []) + [c.name for c in table.columns or ()]
         return pa.table({c: pa.array([], pa.string()) for c in cols}), []
     if opts.header:
         header = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
-        names = _column_names(where, [c.strip().strip(opts.quote) for c in header.split(opts.delimiter)])
+        names = column_names(where, [c.strip().strip(opts.quote) for c in header.split(opts.delimiter)])
         skip = 1
     else:
         declared = [c.name for c in table.columns or ()]
         counts = _csv_field_counts(data, opts)
         # CDC files always start with Op; full-load files only when IncludeOpForFullLoad is set.
-        with_op = (not f.is_load) or counts[len(declared) + 1] > counts[len(declared)]
+        with_op = changes and ((not f.is_load) or counts[len(declared) + 1] > counts[len(declared)])
         names = ([OP] if with_op else []) + declared
         skip = 0
     bad: list[tuple[int, str, str]] = []
@@ -348,16 +380,16 @@ def _read_csv(where: str, data: bytes, f: DmsFile, table: TableConfig) -> tuple[
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise FileReadError(f"{where}: not a readable CSV file: {_printable(str(e), REASON_CHARS)}") from None
+        raise FileReadError(f"{where}: not a readable CSV file: {printable(str(e), REASON_CHARS)}") from None
     bad_numbers = {b[0] for b in bad}
     total = t.num_rows + len(bad)
     good_numbers = [i for i in range(1, total + 1) if i not in bad_numbers]
     t = t.append_column(ROW, pa.array(good_numbers, pa.int64()))
-    quarantined = [QuarantinedRow(n, reason, _raw_json({"line": text})) for n, reason, text in bad]
+    quarantined = [QuarantinedRow(n, reason, raw_json({"line": text})) for n, reason, text in bad]
     return t, quarantined
 
 
-def _ops(where: str, f: DmsFile, raw: pa.Table, reasons: dict[int, str]) -> pa.Array:
+def _ops(where: str, f: SourceFile, raw: pa.Table, reasons: dict[int, str], valid: tuple[str, ...] = VALID_OPS) -> pa.Array:
     """The Op of every row (full-load rows without one are inserts); unknown Ops are bad rows."""
     n = raw.num_rows
     if OP not in raw.column_names:
@@ -372,18 +404,23 @@ def _ops(where: str, f: DmsFile, raw: pa.Table, reasons: dict[int, str]) -> pa.A
     ops = pc.utf8_upper(pc.utf8_trim_whitespace(col.cast(pa.string())))
     if f.is_load:
         ops = pc.if_else(pc.is_null(ops), "I", ops)
-    ok = pc.is_in(ops, pa.array(VALID_OPS))
+    ok = pc.is_in(ops, pa.array(valid))
     for i in pc.indices_nonzero(pc.invert(pc.fill_null(ok, False))).to_pylist():
-        reasons.setdefault(i, f"unknown Op {_show(col[i].as_py())} (expected I, U or D)")
+        reasons.setdefault(i, f"unknown Op {_show(col[i].as_py())} (expected {', '.join(valid[:-1])} or {valid[-1]})")
     return ops
 
 
-def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantined: list[QuarantinedRow]) -> FileChanges:
+def typed_changes(where: str, f: SourceFile, table: TableConfig, raw: pa.Table, quarantined: list[QuarantinedRow],
+           valid_ops: tuple[str, ...] = VALID_OPS) -> FileChanges:
+    """Raw columns cast to the table's types; rows that do not fit (or lack a key) quarantined.
+
+    A T (truncate) row concerns no key: it carries none."""
     n = raw.num_rows
     if ROW not in raw.column_names:
         raw = raw.append_column(ROW, pa.array(range(1, n + 1), pa.int64()))
     reasons: dict[int, str] = {}  # index in raw -> first reason
-    ops = _ops(where, f, raw, reasons)
+    ops = _ops(where, f, raw, reasons, valid_ops)
+    truncates = pc.fill_null(pc.equal(ops, "T"), False)
 
     for k in table.primary_key:
         if k not in raw.column_names:
@@ -412,7 +449,7 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
         columns[name] = cast
 
     for k in table.primary_key:
-        for i in pc.indices_nonzero(pc.is_null(columns[k])).to_pylist():
+        for i in pc.indices_nonzero(pc.and_(pc.is_null(columns[k]), pc.invert(truncates))).to_pylist():
             reasons.setdefault(i, f"null primary key column {k}")
 
     out = pa.table({**columns, OP: ops, ROW: raw.column(ROW)})
@@ -420,7 +457,7 @@ def _typed(where: str, f: DmsFile, table: TableConfig, raw: pa.Table, quarantine
         bad_rows = sorted(reasons)
         row_numbers = raw.column(ROW).take(pa.array(bad_rows, pa.int64())).to_pylist()
         for i, number, values in zip(bad_rows, row_numbers, _raw_rows(raw, bad_rows)):
-            quarantined.append(QuarantinedRow(number, reasons[i], _raw_json(values)))
+            quarantined.append(QuarantinedRow(number, reasons[i], raw_json(values)))
         keep = pa.array([i not in reasons for i in range(n)])
         out = out.filter(keep)
     quarantined.sort(key=lambda q: q.row)

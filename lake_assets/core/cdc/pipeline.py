@@ -25,7 +25,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from lake_assets.core.cdc import scd2
+from lake_assets.core.cdc import scd2, snapshots, truncate
 from lake_assets.core.cdc.batch import FILE, SEQ, ChangeBatch, LandedInput, read_batch
 from lake_assets.core.cdc.dms import OP, ROW
 from lake_assets.core.cdc.iceberg import (
@@ -261,7 +261,14 @@ def merge_batch(
         extra = {scd2.ERA: str(era)}
     else:
         tombstones = None if loads.reload else load_tombstones(catalog, table, now=now)
+        truncation = truncate.apply_truncates(tbl, batch.changes, table.primary_key, reload=loads.reload)
+        batch.changes, extra = truncation.changes, truncation.summary
+        diff = snapshots.apply_snapshot(tbl, batch) if table.load == "snapshot" else None
+        if diff is not None:
+            batch.changes, extra = diff.changes, extra | diff.summary
         rows, classification = _current(writer, tbl, batch, batch_id, now, loads, tombstones, result)
+        result.tombstone_rejected += truncation.rejected
+        result.stale_skipped += diff.superseded if diff is not None else 0
 
     # Sidecars before the commit that makes the batch visible; each is idempotent by batch id.
     result.quarantined = write_quarantine(catalog, table, batch_id, batch.quarantined, now, batch.versions)

@@ -201,12 +201,16 @@ def key_digest(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=5).hexdigest()
 
 
-def file_positions(*, is_load: bool, sequence: pa.Array | None, name: str, version: int, rows: pa.Array, key: str) -> pa.Array:
-    """Positions of one file's changes. sequence: encoded sequence parts (no nulls), or None when
+def file_positions(*, is_load: bool | pa.Array, sequence: pa.Array | None, name: str, version: int, rows: pa.Array,
+                   key: str) -> pa.Array:
+    """Positions of one file's changes. is_load: the file's phase, or each row's (a Debezium file's
+    snapshot reads rank like full-load rows); sequence: encoded sequence parts (no nulls), or None when
     the table declares no sequence_by (or a full-load row carries none: the empty part ranks lowest)."""
     n = len(rows)
-    phase = LOAD_PHASE if is_load else CDC_PHASE
-    head = pa.scalar(f"{phase}{SEPARATOR}")
+    if isinstance(is_load, bool):
+        head = pa.scalar(f"{LOAD_PHASE if is_load else CDC_PHASE}{SEPARATOR}")
+    else:
+        head = pc.if_else(is_load, f"{LOAD_PHASE}{SEPARATOR}", f"{CDC_PHASE}{SEPARATOR}")
     seq = pc.fill_null(sequence, "") if sequence is not None else pa.scalar("")
     middle = pa.scalar(f"{SEPARATOR}{name_part(name)}{SEPARATOR}{version:0{VERSION_WIDTH}d}{SEPARATOR}")
     row_part = pc.utf8_lpad(rows.cast(pa.string()), width=ROW_WIDTH, padding="0")

@@ -26,12 +26,23 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 
 from lake_assets.core.cdc.batch import LandedInput
-from lake_assets.core.cdc.dms import LandingKeyError, parse_landing_key
+from lake_assets.core.cdc.dms import LandingKeyError
+from lake_assets.core.cdc.formats import parse_table_key
 from lake_assets.core.cdc.iceberg import SchemaDriftError, TableDefinitionError, check_definition, committed_batches, load_table
 from lake_assets.core.cdc.pipeline import EngineInterrupted, MergeResult, env_failpoint
 from lake_assets.core.cdc.sidecars import drop_sidecars, rollback_sidecars
 from lake_assets.core.landing import LandingZone
-from lake_assets.core.ledger import COMMITTED, FAILED, PROCESSING, QUARANTINED, FileLedger, LedgerEntry, TableBusy, TableLock
+from lake_assets.core.ledger import (
+    COMMITTED,
+    DUPLICATE,
+    FAILED,
+    PROCESSING,
+    QUARANTINED,
+    FileLedger,
+    LedgerEntry,
+    TableBusy,
+    TableLock,
+)
 from lake_assets.core.naming import quarantine_identifier
 from lake_assets.core.registry import TableConfig
 
@@ -131,9 +142,38 @@ def merge_pending(
         if entries:
             log(f"{table.identifier}: batch {batch_id} with {len(entries)} files")
             run.results += runner.run(batch_id, entries)
+        if table.archive:  # after the commits, still under the lock; also what a crash left unarchived
+            run.notes += archive_merged(table, ledger=ledger, landing=landing, log=log)
     finally:
         lock.release()
     return run
+
+
+def archive_merged(table: TableConfig, *, ledger: FileLedger, landing: LandingZone,
+                   log: Callable[[str], None] = lambda msg: None) -> list[str]:
+    """Move the table's merged files (committed, set aside, duplicates) to the landing zone's archive,
+    recording in the ledger where each went. Only the newest version of a key moves, and only while
+    its content is the one merged: a newer version landing under the key stays to be merged."""
+    entries = ledger.entries(table.identifier)
+    newest: dict[str, int] = {}
+    for e in entries:
+        newest[e.key] = max(newest.get(e.key, 0), e.file_version)
+    notes = []
+    for e in entries:
+        if e.archived_to is not None or e.status not in (COMMITTED, QUARANTINED, DUPLICATE) or e.file_version != newest[e.key]:
+            continue
+        try:
+            location = landing.archive(e.key, e.checksum)
+        except FileNotFoundError:
+            location = f"not archived: {e.key} was gone from the landing zone {landing.describe()} after its merge"
+        except OSError as err:  # the next run tries again
+            notes.append(f"{table.identifier}: could not archive {e.key}: {err}")
+            continue
+        if location is None:
+            continue  # new content under the key: it is merged (and archived) as a new version
+        ledger.record_archived(e.id, location)
+        log(f"{table.identifier}: archived {e.key} to {location}")
+    return notes
 
 
 def rebuild(
@@ -292,7 +332,7 @@ class _BatchRunner:
         where = f"(table {self.table.identifier})"
         for e in entries:
             try:
-                f = parse_landing_key(e.key)
+                f = parse_table_key(e.key, self.table)
                 data = self.landing.read(e.key)
             except LandingKeyError as err:
                 failed[e.key] = str(err)

@@ -41,7 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
-from lake_assets.core.cdc.dms import OP, LandingKeyError, parse_landing_key
+from lake_assets.core.cdc.dms import OP, LandingKeyError
+from lake_assets.core.cdc.formats import parse_table_key
 from lake_assets.core.cdc.iceberg import arrow_schema_of, committed_batches, conform
 from lake_assets.core.cdc.pipeline import CommitPlan, Committed, Held, MergeResult, env_failpoint, merge_batch
 from lake_assets.core.cdc.scd2 import FROM_SEQ, IS_CURRENT
@@ -113,11 +114,12 @@ def _landing_zone(root: str):
 def read_landed(spec: dict) -> tuple[list[LandedInput], dict[str, str]]:
     """The spec's files with their bytes; a file that moved or changed since it was claimed fails alone."""
     landing = _landing_zone(spec["landing"])
+    table = TableConfig.from_json_dict(spec["table"])
     files, failed = [], {}
     for entry in spec["files"]:
         key = entry["key"]
         try:
-            f = parse_landing_key(key)
+            f = parse_table_key(key, table)
             data = landing.read(key)
         except LandingKeyError as e:
             failed[key] = str(e)
