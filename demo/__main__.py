@@ -23,8 +23,8 @@ from lake_assets.core.registry import load_registry
 from lake_assets.core.settings import current_settings
 from lake_assets.ingest import format_row, ingest
 from lake_assets.instance import lake_instance
-from lake_assets.maintenance import maintenance_job_name
 from lake_assets.jobs import DBT_JOB, execute_in_process
+from lake_assets.maintenance import maintenance_job_name
 
 
 def _say(msg: str) -> None:

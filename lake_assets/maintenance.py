@@ -57,14 +57,19 @@ def _selected(tables: list[TableConfig], tags: Mapping[str, str]) -> list[TableC
 
 
 def build_maintenance_job(source: str, tables: list[TableConfig]) -> JobDefinition:
-    @op(name=f"maintain_{source}_tables", description=f"Compacts and expires the {len(tables)} tables of {source}")
-    def _maintain(context: OpExecutionContext, lake: LakeResource) -> None:
+    @op(name=f"maintain_{source}_tables", description=f"Compacts and expires the {len(tables)} tables of {source}",
+        required_resource_keys={"lake"} | ({"spark"} if any(t.engine == "spark" for t in tables) else set()))
+    def _maintain(context: OpExecutionContext) -> None:
+        from lake_assets.assets import engine_for
         from lake_assets.core.maintenance import maintain
 
+        lake: LakeResource = context.resources.lake
         failures = []
         for table in _selected(tables, context.run.tags if context.run else {}):
             try:
-                report = maintain(lake.catalog, lake.ledger, table, lock_wait_seconds=lake.settings.lock_wait_seconds)
+                engine = engine_for(table, context) if table.engine == "spark" else None  # Iceberg's procedures
+                report = maintain(lake.catalog, lake.ledger, table, lock_wait_seconds=lake.settings.lock_wait_seconds,
+                                  engine=engine)
             except Exception as e:  # noqa: BLE001 - one table's failure never stops the others
                 context.log.error(f"{table.identifier}: maintenance failed: {e}")
                 failures.append(f"{table.identifier}: {e}")

@@ -77,8 +77,8 @@ def test_maintenance_bounds_files_and_metadata_and_changes_no_row(tmp_path, mode
     merges(lake, 12)
     before = table_rows(lake)
     health = table_health(lake.env.catalog.load_table("shop.items"), table.maintenance)
-    # one delete file per data file a merge touched: at least one per merge
-    assert health.data_files == 13 and health.delete_files >= 12 and health.snapshots == 13 and health.manifests >= 13
+    # one delete file per data file with deleted rows, however many merges deleted from it
+    assert health.data_files == 13 and 1 <= health.delete_files <= 13 and health.snapshots == 13 and health.manifests >= 13
 
     report = maintain(lake.env.catalog, lake.env.ledger, table, now=later())
     assert report.skipped is None

@@ -96,3 +96,35 @@ def test_a_lake_under_a_path_with_glob_characters_merges(tmp_path):
     assert results["pr.facts"].results[0].updated == 1
     rows = {x["id"]: x["val"] for x in lake.rows("pr.facts")}
     assert len(rows) == 20 and rows[1003] == 5
+
+
+def test_a_data_file_keeps_one_delete_file_however_many_merges_delete_from_it(tmp_path):
+    """Merge-on-read replaces a data file's delete file with one holding all its deleted positions
+    (as Iceberg v3's deletion vectors are), so a reader opens one delete file per data file."""
+    from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
+    from tests.lakehelpers import make_lake
+
+    lake = make_lake(tmp_path, {"shop": """
+source: shop
+tables:
+  - name: items
+    schema: app
+    primary_key: [id]
+    write: merge_on_read
+    columns: [{name: id, type: long}, {name: v, type: long}]
+"""})
+    folder = lake.landing / "shop" / "app" / "items"
+    cols = [("id", "long"), ("v", "long")]
+    write_dms_file(folder / load_file_name(1), [{"id": i, "v": 0} for i in range(100)], cols, cdc=False)
+    lake.ingest()
+    t0 = dt.datetime(2026, 11, 21, 10)
+    for k in range(6):
+        write_dms_file(folder / cdc_file_name(t0 + dt.timedelta(minutes=k)), [{"Op": "D", "id": 10 * k, "v": 0},
+                                                                             {"Op": "U", "id": 10 * k + 1, "v": k}], cols, cdc=True)
+        lake.ingest()
+    tasks = list(lake.env.catalog.load_table("shop.items").scan().plan_files())
+    loaded = [t for t in tasks if t.file.record_count == 100]
+    assert len(loaded) == 1 and len(loaded[0].delete_files) == 1  # one, not six
+    assert next(iter(loaded[0].delete_files)).record_count == 12  # six deletes and six updated rows
+    rows = {r["id"]: r["v"] for r in lake.rows("shop.items")}
+    assert len(rows) == 94 and all(rows[10 * k + 1] == k for k in range(6)) and 0 not in rows and 50 not in rows

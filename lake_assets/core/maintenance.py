@@ -3,8 +3,8 @@
 Under the table's merge lock (the one every merge holds, so no merge commits in between and none
 is undone), one run:
 
-- **compacts**: small data files, and files carrying more than `max_delete_files` position-delete
-  files, are bin-packed per partition into files of the target size, sorted by the primary key
+- **compacts**: small data files, and files whose position deletes remove more than
+  `max_deleted_share` of their rows (or that carry more than `max_delete_files` delete files), are bin-packed per partition into files of the target size, sorted by the primary key
   (narrow key ranges: the merge's pruning reads fewer files afterwards); delete files left
   applying to no live data file go with them;
 - **rewrites the manifests** into one data and one delete manifest per partition spec, in the
@@ -32,6 +32,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -195,13 +196,14 @@ def compact(tbl: Table, table: TableConfig, spec: MaintenanceSpec) -> tuple[Tabl
     tasks = list(tbl.scan().plan_files())
     report.manifests_before = len(snap.manifests(tbl.io))
     groups: dict[tuple, list[FileScanTask]] = defaultdict(list)
+    def heavy(t: FileScanTask) -> bool:  # reads pay for its deletes: rewrite it without them
+        deleted = sum(d.record_count for d in t.delete_files)
+        return len(t.delete_files) > spec.max_delete_files or deleted > spec.max_deleted_share * max(t.file.record_count, 1)
+
     for t in tasks:
-        small = t.file.file_size_in_bytes < spec.small_file_share * target
-        if small or len(t.delete_files) > spec.max_delete_files:
+        if t.file.file_size_in_bytes < spec.small_file_share * target or heavy(t):
             groups[(t.file.spec_id, partition_values(t.file.partition))].append(t)
-    chosen = [t for g in groups.values()
-              if len(g) >= spec.min_files_to_compact or any(len(t.delete_files) > spec.max_delete_files for t in g)
-              for t in g]
+    chosen = [t for g in groups.values() if len(g) >= spec.min_files_to_compact or any(heavy(t) for t in g) for t in g]
     live_deletes = {d.file_path for t in tasks for d in t.delete_files}
     entries = _live_entries(tbl)
     dangling = [e for e in entries if e.data_file.content != DataFileContent.DATA and e.data_file.file_path not in live_deletes]
@@ -256,18 +258,10 @@ def expire_snapshots(tbl: Table, spec: MaintenanceSpec, now: dt.datetime,
                      keep_batches: Callable[[dict[str, dict[str, str]]], None] | None = None) -> tuple[Table, int, int]:
     """Expire what the spec lets go; `keep_batches(records)` is called with the batch records of
     the snapshots about to go before they go. Returns (table, snapshots expired, batch records kept)."""
-    snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
-    cutoff_ms = (now - dt.timedelta(hours=spec.max_snapshot_age_hours)).timestamp() * 1000
-    keep = {s.snapshot_id for s in snaps[: spec.keep_snapshots]} | _protected(tbl)
-    keep |= {s.snapshot_id for s in snaps if s.timestamp_ms >= cutoff_ms}
-    expired = [s for s in snaps if s.snapshot_id not in keep]
+    expired = expirable(tbl, spec, now)
     if not expired:
         return tbl, 0, 0
-    records = {}
-    for s in expired:
-        props = s.summary.additional_properties if s.summary else {}
-        if BATCH_ID in props:
-            records[props[BATCH_ID]] = dict(props) | {"snapshot-id": str(s.snapshot_id)}
+    records = batch_records(expired)
     if records and keep_batches is not None:
         keep_batches(records)
     tbl.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
@@ -349,9 +343,46 @@ def expire_sidecars(catalog: Catalog, table: TableConfig, spec: MaintenanceSpec,
     return expired[0], expired[1]
 
 
+def expirable(tbl: Table, spec: MaintenanceSpec, now: dt.datetime) -> list:
+    """The snapshots the spec lets go, newest first: beyond the newest `keep_snapshots`, older than
+    `max_snapshot_age_hours`, and not on the chain back to the newest lake commit."""
+    snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.timestamp_ms, reverse=True)
+    cutoff_ms = (now - dt.timedelta(hours=spec.max_snapshot_age_hours)).timestamp() * 1000
+    keep = {s.snapshot_id for s in snaps[: spec.keep_snapshots]} | _protected(tbl)
+    keep |= {s.snapshot_id for s in snaps if s.timestamp_ms >= cutoff_ms}
+    return [s for s in snaps if s.snapshot_id not in keep]
+
+
+def batch_records(snapshots: list) -> dict[str, dict[str, str]]:
+    records = {}
+    for s in snapshots:
+        props = s.summary.additional_properties if s.summary else {}
+        if BATCH_ID in props:
+            records[props[BATCH_ID]] = dict(props) | {"snapshot-id": str(s.snapshot_id)}
+    return records
+
+
+def _maintain_with_spark(engine: Any, catalog: Catalog, ledger: FileLedger, table: TableConfig, tbl: Table,
+                         spec: MaintenanceSpec, now: dt.datetime, report: MaintenanceReport) -> None:
+    """A Spark table: Iceberg's own procedures in the Spark job; the batch records of what it expires
+    are kept in the ledger before it runs (the procedures know nothing of them)."""
+    expired = expirable(tbl, spec, now)
+    records = batch_records(expired)
+    if records:
+        ledger.keep_batches(table.identifier, records)
+    counts = engine.maintain(catalog, table, expire_snapshot_ids=[s.snapshot_id for s in expired],
+                             # Iceberg's procedure refuses a safety age under 24 hours of its own clock
+                             orphans_older_than=min(now, dt.datetime.now(dt.UTC))
+                             - dt.timedelta(hours=max(spec.orphan_age_hours, 24), minutes=1))
+    report.batches_kept = len(records)
+    for name in ("files_compacted", "files_written", "manifests_before", "manifests_after", "snapshots_expired", "orphans_removed"):
+        setattr(report, name, int(counts.get(name, 0)))
+
+
 def maintain(catalog: Catalog, ledger: FileLedger, table: TableConfig, *, now: dt.datetime | None = None,
-             lock_wait_seconds: float = 30.0, spec: MaintenanceSpec | None = None) -> MaintenanceReport:
-    """One maintenance run of a table, under its merge lock."""
+             lock_wait_seconds: float = 30.0, spec: MaintenanceSpec | None = None, engine: Any = None) -> MaintenanceReport:
+    """One maintenance run of a table, under its merge lock. `engine`: the table's Spark engine when
+    it has `engine: spark` (its procedures do the work); None: in process."""
     started = time.perf_counter()
     now = now or dt.datetime.now(dt.UTC)
     spec = spec or table.maintenance
@@ -365,6 +396,12 @@ def maintain(catalog: Catalog, ledger: FileLedger, table: TableConfig, *, now: d
             report.skipped = "a batch is unfinished (it is resumed by the next merge, which may need its snapshots)"
             return report
         report.before = table_health(tbl, spec)
+        if engine is not None and hasattr(engine, "maintain"):
+            _maintain_with_spark(engine, catalog, ledger, table, tbl, spec, now, report)
+            report.tombstones_expired, report.quarantine_expired = expire_sidecars(catalog, table, spec, now)
+            report.after = table_health(load_again(tbl), spec)
+            report.seconds = time.perf_counter() - started
+            return report
         tbl, compacted = compact(tbl, table, spec)
         for name in ("files_compacted", "files_written", "delete_files_removed", "manifests_before", "manifests_after"):
             setattr(report, name, getattr(compacted, name))

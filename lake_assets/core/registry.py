@@ -330,7 +330,8 @@ class MaintenanceSpec(_Strict):
     orphan_age_hours: float = Field(default=24.0, ge=0)
     quarantine_retention_days: int = Field(default=30, ge=0)
     max_manifests: int = Field(default=8, ge=1)
-    max_delete_files: int = Field(default=4, ge=0)  # data files with more delete files than this are rewritten
+    max_delete_files: int = Field(default=4, ge=0)  # data files with more delete files than this are rewritten,
+    max_deleted_share: float = Field(default=0.1, ge=0, le=1)  # and those whose delete files remove more of their rows
     small_files_warn: int = Field(default=200, ge=1)  # the health check warns above these
     snapshots_warn: int = Field(default=500, ge=1)
 

@@ -342,3 +342,45 @@ def test_a_table_can_switch_engines_between_batches(spark_lake, tmp_path, write)
     assert bool(deletes) == (write == "merge_on_read"), "merge-on-read leaves delete files; copy-on-write none"
     assert table_rows(spark_lake.catalog, table.identifier, ["id"]) == table_rows(reference, table.identifier, ["id"])
     assert {r["id"]: r["v"] for r in table_rows(reference, table.identifier, ["id"])}[3] == 300
+
+
+def test_a_spark_table_is_maintained_by_icebergs_procedures(spark_lake, tmp_path):
+    """Maintenance of an `engine: spark` table runs Iceberg's rewrite_data_files, rewrite_manifests,
+    expire_snapshots and remove_orphan_files in the Spark job: the rows stay, files and snapshots
+    shrink, the expired batches' records are kept in the ledger, and merges go on as before."""
+    from lake_assets.core.maintenance import maintain, table_health
+    from lake_assets.core.registry import MaintenanceSpec
+
+    source = unique_source("maint")
+    table = make_table(source, columns=[("id", "long"), ("v", "long")], write="merge_on_read").model_copy(update={"engine": "spark"})
+    landing = tmp_path / "landing"
+    folder = table_dir(landing, source, table.schema, table.source_table)
+    cols = [("id", "long"), ("v", "long")]
+    t0 = dt.datetime(2026, 11, 21, 10)
+    spark = spark_engine(spark_lake, landing, tmp_path / "scratch")
+    reference = sql_catalog(tmp_path / "reference")
+    batches = [[write_dms_file(folder / load_file_name(1), [{"id": i, "v": i} for i in range(1, 41)], cols, cdc=False)]]
+    for k in range(4):
+        batches.append([write_dms_file(folder / cdc_file_name(t0 + dt.timedelta(minutes=k)),
+                                       [{"id": 1 + 9 * k, "v": 100 + k, "Op": "U"}, {"id": 2 + 9 * k, "v": 0, "Op": "D"},
+                                        {"id": 50 + k, "v": k, "Op": "I"}], cols, cdc=True)])
+    for b, paths in enumerate(batches):
+        files = landed(landing, paths)
+        spark.merge(spark_lake.catalog, table, files, f"b{b}", now=NOW)
+        InProcessEngine().merge(reference, table, files, f"b{b}", now=NOW)
+    spec = MaintenanceSpec(keep_snapshots=1, max_snapshot_age_hours=0, orphan_age_hours=0, max_delete_files=0)
+    before = table_health(spark_lake.catalog.load_table(table.identifier), spec)
+    ledger = sqlite_ledger(tmp_path / "ledger.db")
+    report = maintain(spark_lake.catalog, ledger, table, engine=spark, spec=spec,
+                      now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    after = table_health(spark_lake.catalog.load_table(table.identifier), spec)
+    assert report.files_compacted >= 2 and after.data_files < before.data_files and after.delete_files == 0
+    assert report.snapshots_expired == len(ledger.kept_batches(table.identifier)) == before.snapshots - 1
+    assert after.snapshots < before.snapshots
+    assert table_rows(spark_lake.catalog, table.identifier, ["id"]) == table_rows(reference, table.identifier, ["id"])
+
+    late = landed(landing, [write_dms_file(folder / cdc_file_name(t0 + dt.timedelta(hours=1)),
+                                           [{"id": 3, "v": 333, "Op": "U"}, {"id": 60, "v": 6, "Op": "I"}], cols, cdc=True)])
+    spark.merge(spark_lake.catalog, table, late, "b-after", now=NOW)
+    InProcessEngine().merge(reference, table, late, "b-after", now=NOW)
+    assert table_rows(spark_lake.catalog, table.identifier, ["id"]) == table_rows(reference, table.identifier, ["id"])

@@ -96,6 +96,13 @@ def write_position_deletes(tbl: Table, removed: Iterable[tuple[DataFile, pa.Arra
     return out
 
 
+def only_for(delete_file: DataFile, data_path: str) -> bool:
+    """Whether a position-delete file names this data file alone (its path bounds are that path)."""
+    lo = (delete_file.lower_bounds or {}).get(FILE_PATH_ID)
+    hi = (delete_file.upper_bounds or {}).get(FILE_PATH_ID)
+    return lo is not None and lo == hi and lo == data_path.encode()
+
+
 def partition_values(partition: Record) -> tuple:
     """A partition Record as a tuple (Record has no __iter__: tuple() walks it by index)."""
     return tuple(partition[i] for i in range(len(partition)))
@@ -142,6 +149,43 @@ class OverwriteWithDeletes(_OverwriteFiles):
                                                        sequence_number=None, file_sequence_number=None, data_file=f))
             manifests.append(writer.to_manifest_file())
         return manifests
+
+    def _existing_manifests(self) -> list[ManifestFile]:
+        """pyiceberg's, but a delete manifest that loses entries (a data file's delete file replaced
+        by one holding all its positions) is rewritten as a delete manifest, not a data manifest."""
+        out: list[ManifestFile] = []
+        snapshot = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
+        if snapshot is None:
+            return out
+        removed = {f.file_path for f in self._deleted_data_files}
+        for manifest in snapshot.manifests(io=self._io):
+            entries = manifest.fetch_manifest_entry(io=self._io, discard_deleted=True)
+            kept = [e for e in entries if e.data_file.file_path not in removed]
+            if len(kept) == len(entries):
+                out.append(manifest)
+                continue
+            if not kept:
+                continue
+            spec = self.spec(manifest.partition_spec_id)
+            writer = (_DeleteManifestWriter(spec, self.schema(), self.new_manifest_output(), self._snapshot_id, self._compression)
+                      if manifest.content == ManifestContent.DELETES else self.new_manifest_writer(spec))
+            with writer:
+                for e in kept:
+                    writer.add_entry(ManifestEntry.from_args(
+                        status=ManifestEntryStatus.EXISTING, snapshot_id=e.snapshot_id, sequence_number=e.sequence_number,
+                        file_sequence_number=e.file_sequence_number, data_file=e.data_file))
+            out.append(writer.to_manifest_file())
+        return out
+
+    def _deleted_entries(self) -> list[ManifestEntry]:
+        # Removed delete files are left out of the snapshot's DELETED entries: pyiceberg writes those
+        # into a data manifest. The summary still counts them (removed-delete-files).
+        removed = self._deleted_data_files
+        self._deleted_data_files = {f for f in removed if f.content == DataFileContent.DATA}
+        try:
+            return super()._deleted_entries()
+        finally:
+            self._deleted_data_files = removed
 
     def _summary(self, snapshot_properties: dict[str, str] | None = None) -> Summary:
         added = self._added_data_files

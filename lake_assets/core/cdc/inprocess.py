@@ -27,7 +27,13 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.types import PrimitiveType
 
 from lake_assets.core.cdc.batch import SEQ, LandedInput
-from lake_assets.core.cdc.deletes import OverwriteWithDeletes, deleted_positions, partition_values, write_position_deletes
+from lake_assets.core.cdc.deletes import (
+    OverwriteWithDeletes,
+    deleted_positions,
+    only_for,
+    partition_values,
+    write_position_deletes,
+)
 from lake_assets.core.cdc.dms import OP
 from lake_assets.core.cdc.iceberg import committed_batches, conform
 from lake_assets.core.cdc.pipeline import CommitPlan, Committed, Held, MergeResult, merge_batch
@@ -323,6 +329,15 @@ class InProcessWriter:
                     task = c.private.tasks[i]
                     gone = pc.filter(removed.column(POS), pc.equal(removed.column(FILE_IX), i)).combine_chunks()
                     if _merge_on_read(plan.table.write, len(gone), c.private.live.get(i, 0)):
+                        # One delete file per data file, replaced by each merge (as Iceberg v3's deletion
+                        # vectors are): a reader opens one delete file per data file, however many
+                        # merges touched it. Delete files naming other data files too stay as they are.
+                        earlier = c.private.gone.get(i)
+                        own = [d for d in task.delete_files if only_for(d, task.file.file_path)]
+                        if earlier is not None and own and len(own) == len(task.delete_files):
+                            gone = pc.unique(pa.concat_arrays([earlier.cast(pa.int64()), gone.cast(pa.int64())])).sort()
+                            for d in own:
+                                commit.delete_data_file(d)
                         deletes.append((task.file, gone))
                         continue
                     # Copy-on-write, one file at a time: memory follows the largest file, not the table.

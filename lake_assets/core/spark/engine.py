@@ -131,3 +131,17 @@ class SparkEngine:
         failpoint("after_commit")
         result.seconds = time.perf_counter() - started
         return result
+
+    def maintain(self, catalog: Catalog, table: TableConfig, *, expire_snapshot_ids: list[int],
+                 orphans_older_than: dt.datetime) -> dict[str, int]:
+        """Compaction, manifest rewrite, the given snapshots' expiry and orphan removal, by Iceberg's
+        procedures in the Spark job (lake_assets/core/maintenance.py decides what may expire)."""
+        settings = self.catalog_settings or catalog_settings_of(catalog)
+        spec = {"version": SPEC_VERSION, "action": "maintain", "table": table.to_json_dict(), "catalog": settings.to_json_dict(),
+                "maintenance": table.maintenance.model_dump(mode="json"), "expire_snapshot_ids": expire_snapshot_ids,
+                "orphans_older_than": orphans_older_than.astimezone(dt.UTC).isoformat()}
+        doc = self.launcher(spec, settings.secret_env())
+        if not doc.get("ok"):
+            error = doc.get("error") or {}
+            raise RuntimeError(f"table {table.identifier}: the Spark maintenance job failed: {error.get('type')}: {error.get('message')}")
+        return dict(doc["result"])

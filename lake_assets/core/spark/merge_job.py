@@ -375,6 +375,8 @@ def run_merge(spark, spec: dict, *, secret_env: Mapping[str, str] | None = None,
     """
     if spec.get("version") != SPEC_VERSION:
         raise MergeJobError(f"spec version {spec.get('version')!r} is not {SPEC_VERSION}; deploy the job script with the package")
+    if spec.get("action") == "maintain":
+        return run_maintenance(spark, spec, log=log)
     table = TableConfig.from_json_dict(spec["table"])
     catalog = CatalogSettings.from_json_dict(spec["catalog"]).with_secret_env(secret_env or {}).load()
     now = dt.datetime.fromisoformat(spec["now"])
@@ -393,6 +395,37 @@ def run_merge(spark, spec: dict, *, secret_env: Mapping[str, str] | None = None,
             log(f"{table.identifier}: file left out of batch {spec['batch_id']}: {reason}")
     log(f"{table.identifier}: batch {spec['batch_id']}: {result.rows_read} rows from {len(result.files)} files")
     return result_to_json(result)
+
+
+def run_maintenance(spark, spec: dict, *, log: Log = lambda msg: None) -> dict:
+    """Maintenance of a Spark table with Iceberg's own procedures: compaction sorted by the primary
+    key (with the deletes applied), manifest rewrite, expiry of the snapshots the caller chose (it
+    keeps their batch records first) and orphan removal. Returns the procedures' counts."""
+    table = TableConfig.from_json_dict(spec["table"])
+    ident = spark_identifier_of(table.identifier).removeprefix(f"{CATALOG_NAME}.")
+    m = spec["maintenance"]
+    out: dict[str, int] = {}
+    sort = ", ".join(f"{k} ASC NULLS FIRST" for k in table.primary_key)
+    options = {"min-input-files": str(m["min_files_to_compact"]), "target-file-size-bytes": str(m["target_file_mb"] * 2**20),
+               "delete-ratio-threshold": str(m["max_deleted_share"]), "delete-file-threshold": str(m["max_delete_files"] + 1)}
+    opts = ", ".join(f"'{k}', '{v}'" for k, v in options.items())
+    [row] = spark.sql(f"CALL {CATALOG_NAME}.system.rewrite_data_files(table => '{ident}', strategy => 'sort', "
+                      f"sort_order => '{sort}', options => map({opts}))").collect()
+    out["files_compacted"], out["files_written"] = int(row["rewritten_data_files_count"]), int(row["added_data_files_count"])
+    [row] = spark.sql(f"CALL {CATALOG_NAME}.system.rewrite_manifests('{ident}')").collect()
+    out["manifests_before"], out["manifests_after"] = int(row["rewritten_manifests_count"]), int(row["added_manifests_count"])
+    ids = [int(i) for i in spec.get("expire_snapshot_ids", [])]
+    if ids:
+        [row] = spark.sql(f"CALL {CATALOG_NAME}.system.expire_snapshots(table => '{ident}', "
+                          f"snapshot_ids => array({', '.join(map(str, ids))}), retain_last => 1)").collect()
+        out["snapshots_expired"] = len(ids)
+        out["files_expired"] = sum(int(v) for k, v in row.asDict().items() if k.startswith("deleted_"))
+    older_than = spec["orphans_older_than"].replace("T", " ").split("+")[0]
+    orphans = spark.sql(f"CALL {CATALOG_NAME}.system.remove_orphan_files(table => '{ident}', "
+                        f"older_than => TIMESTAMP '{older_than}')").collect()
+    out["orphans_removed"] = len(orphans)
+    log(f"{table.identifier}: maintenance {out}")
+    return out
 
 
 def error_of(exc: BaseException) -> dict:
