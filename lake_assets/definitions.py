@@ -1,6 +1,7 @@
 """The code location: every registry table as a source-aligned asset, the landing sensor (and the SQS
-sensor where the landing zone's notifications go to a queue), refresh
-schedules and the dbt layers, with resources picked once from the settings (LAKE_ENV and the rest).
+sensor where the landing zone's notifications go to a queue), refresh schedules, the Slack alert
+sensors where a token is configured, and the dbt layers, with resources picked once from the
+settings (LAKE_ENV and the rest).
 
 Nothing is built at import: Dagster calls `defs` (a `@definitions` function) when it loads the code
 location, and other processes (`python -m lake_assets.ingest`, tests) call `build_definitions`
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from dagster import AssetKey, AssetSpec, Definitions, MetadataValue, definitions, in_process_executor
 
+from lake_assets.alerts import build_alert_sensors
 from lake_assets.assets import source_aligned_assets
 from lake_assets.core.dbt_codegen import sources_read_by_models
 from lake_assets.core.registry import Registry, load_registry
@@ -123,6 +125,7 @@ def _build_definitions(registry: Registry, with_dbt: bool, settings: LakeSetting
                    build_landing_sensor(registry, running=True, jobs=jobs, reconcile_only=True)]
     else:
         sensors = [build_landing_sensor(registry, running=settings.automation_running, jobs=jobs)]
+    sensors += build_alert_sensors(settings)  # none without a Slack token
     maintenance = maintenance_jobs(registry)
     core = Definitions(
         assets=[*landing_assets(registry.by_source()), *source_aligned_assets(registry), *registry_error_specs(registry)],

@@ -425,25 +425,72 @@ def _principal(arn: str) -> _Raw:
     return _Raw(f"lake_principal({json.dumps(arn)})")
 
 
+# ---------------------------------------------------------------------------------------------
+# Lake Formation: what Athena enforces on each consumer table. dbt-athena applies it from the
+# generated models' config (lake_formation_config) and Terraform from infra/generated/
+# (lake_assets.core.infra_codegen); both read these functions, so they cannot disagree.
+
+LF_TAG_LAYER = "lake_layer"
+LF_TAG_CONSUMER = "lake_consumer"
+LF_TAG_MASKING = "lake_masking"
+CLEAR = "clear"  # lake_masking of a column exposed as it is
+PII_UNMASKED = "pii_unmasked"  # lake_masking of a PII column exposed with `mask: none` and a reason
+MASKING_TAG_VALUES = (CLEAR, PII_UNMASKED, *(m for m in MASKS if m != "none"))
+
+
+def masking_tag(rule: ColumnRule) -> str:
+    """The column's `lake_masking` LF tag value: how the consumer table exposes it."""
+    if rule.mask is None:
+        return CLEAR
+    return PII_UNMASKED if rule.mask == "none" else rule.mask
+
+
+@dataclass(frozen=True)
+class CellFilter:
+    """The data cells filter of one consumer table: the only cells its consumer's principals read."""
+
+    name: str
+    database: str  # consumer_<name>
+    table: str  # the dataset
+    column_names: tuple[str, ...]  # the dataset's output columns, in order (masked ones by their output name)
+    row_filter: str  # over the output columns; "TRUE" when the dataset keeps every row
+    principals: tuple[str, ...]  # IAM ARNs, {aws_account_id} not yet filled
+
+
+def cell_filter(consumer_name: str, consumer: Consumer, dataset_name: str, dataset: Dataset) -> CellFilter:
+    return CellFilter(
+        name=f"{consumer_name}_{dataset_name}_rows",
+        database=consumer_namespace(consumer_name),
+        table=dataset_name,
+        column_names=tuple(output_column(n, r) for n, r in dataset.columns.items()),
+        row_filter=row_filter_sql(dataset, output_names=True) or "TRUE",
+        principals=consumer.principals,
+    )
+
+
+def cell_filters(policy: Policy) -> list[CellFilter]:
+    return [cell_filter(cn, c, dn, d) for cn, c in policy.consumers.items() for dn, d in c.datasets.items()]
+
+
 def lake_formation_config(consumer_name: str, consumer: Consumer, dataset_name: str, dataset: Dataset) -> dict:
     """dbt-athena's lf_tags_config and lf_grants for one consumer table."""
     masked_columns: dict[str, list[str]] = {}
     for name, rule in dataset.columns.items():
-        tag = "clear" if rule.mask is None else "pii_unmasked" if rule.mask == "none" else rule.mask
-        masked_columns.setdefault(tag, []).append(output_column(name, rule))
+        masked_columns.setdefault(masking_tag(rule), []).append(output_column(name, rule))
+    f = cell_filter(consumer_name, consumer, dataset_name, dataset)
     return {
         "lf_tags_config": {
             "enabled": True,
-            "tags": {"lake_layer": "consumer", "lake_consumer": consumer_name},
-            "tags_columns": {"lake_masking": masked_columns},
+            "tags": {LF_TAG_LAYER: "consumer", LF_TAG_CONSUMER: consumer_name},
+            "tags_columns": {LF_TAG_MASKING: masked_columns},
         },
         "lf_grants": {
             "data_cell_filters": {
                 "enabled": True,
                 "filters": {
-                    f"{consumer_name}_{dataset_name}_rows": {
-                        "row_filter": row_filter_sql(dataset, output_names=True) or "TRUE",
-                        "principals": [_principal(p) for p in consumer.principals],
+                    f.name: {
+                        "row_filter": f.row_filter,
+                        "principals": [_principal(p) for p in f.principals],
                     }
                 },
             }

@@ -3,7 +3,7 @@
 `LAKE_ENV` (local | aws) picks the deployment; every other setting is configuration with a default
 that fits it. Nothing else in the code reads the environment for the lake's settings: resources,
 sensors, schedules, the dbt target, the dbt plugin and the Spark launcher all take a
-`LakeSettings` (the current process's is `current_settings()`). Secrets (the ledger DSN) are kept
+`LakeSettings` (the current process's is `current_settings()`). Secrets (the ledger DSN, the Slack token) are kept
 as `SecretStr`, so printing the settings never shows them; the mask key is only named here (a file
 in LAKE_HOME, a Secrets Manager secret on AWS) and read by lake_assets.core.mask_key.
 """
@@ -60,6 +60,17 @@ class SparkSettings(_Frozen):
     emr_log_group: str = "/aws/emr-serverless/lake"
 
 
+class SlackSettings(_Frozen):
+    """Where the alert sensors post (lake_assets/alerts.py); present only when a token is configured."""
+
+    token: SecretStr | None = None  # LAKE_SLACK_TOKEN (an ECS task secret, say); never printed
+    token_secret_id: str | None = None  # else a Secrets Manager secret holding it (LAKE_SLACK_TOKEN_SECRET_ID)
+    channel: str = "#lake-alerts"
+    # Slack's Web API; another base URL reaches Slack through a proxy (tests: a local recorder).
+    api_url: str = "https://slack.com/api/"
+    webserver_url: str | None = None  # the Dagster UI, for links to failed runs
+
+
 class LakeSettings(_Frozen):
     env: Literal["local", "aws"] = "local"
     home: Path  # local lake: landing, warehouse, catalog.db, ledger.db, Dagster home, caches
@@ -73,6 +84,7 @@ class LakeSettings(_Frozen):
     lock_wait_seconds: float = Field(default=120.0, ge=0)  # wait for another merge of the same table
     aws: AwsSettings | None = None
     spark: SparkSettings = SparkSettings()
+    slack: SlackSettings | None = None  # None: no token configured, no alert sensors
 
     # --- where things are -----------------------------------------------------------------------
 
@@ -185,6 +197,15 @@ class LakeSettings(_Frozen):
             emr_jobs_uri=e.get("LAKE_EMR_JOBS_URI") or None,
             emr_log_group=e.get("LAKE_EMR_LOG_GROUP") or "/aws/emr-serverless/lake",
         )
+        slack = None
+        if e.get("LAKE_SLACK_TOKEN") or e.get("LAKE_SLACK_TOKEN_SECRET_ID"):
+            slack = SlackSettings(
+                token=SecretStr(e["LAKE_SLACK_TOKEN"]) if e.get("LAKE_SLACK_TOKEN") else None,
+                token_secret_id=e.get("LAKE_SLACK_TOKEN_SECRET_ID") or None,
+                channel=e.get("LAKE_SLACK_CHANNEL") or "#lake-alerts",
+                api_url=e.get("LAKE_SLACK_API_URL") or "https://slack.com/api/",
+                webserver_url=(e.get("LAKE_DAGSTER_URL") or "").rstrip("/") or None,
+            )
         # Relative directories are taken from where the user launched, like LAKE_HOME.
         sources = tuple(resolve_home(p, e) for p in (e.get("LAKE_SOURCES_DIR") or "").split(os.pathsep) if p)
         try:
@@ -199,6 +220,7 @@ class LakeSettings(_Frozen):
                 lock_wait_seconds=number("LAKE_LOCK_WAIT_SECONDS", 120.0),
                 aws=aws,
                 spark=spark,
+                slack=slack,
             )
         except ValidationError as err:
             raise SettingsError(f"invalid lake settings: {err}") from None
@@ -225,6 +247,7 @@ class LakeSettings(_Frozen):
                 out["AWS_ENDPOINT_URL"] = self.aws.endpoint_url
             if self.aws.arrivals_queue_url:
                 out["LAKE_ARRIVALS_QUEUE_URL"] = self.aws.arrivals_queue_url
+        # The Slack token stays in this process: no child (dbt, spark-submit) posts alerts.
         return out
 
 
