@@ -200,9 +200,16 @@ def compact(tbl: Table, table: TableConfig, spec: MaintenanceSpec) -> tuple[Tabl
         deleted = sum(d.record_count for d in t.delete_files)
         return len(t.delete_files) > spec.max_delete_files or deleted > spec.max_deleted_share * max(t.file.record_count, 1)
 
+    # Small against the partition's largest file too: pyiceberg's target size is of the Arrow data,
+    # so full files land well under it on disk and would otherwise be rewritten by every run.
+    largest: dict[tuple, int] = defaultdict(int)
     for t in tasks:
-        if t.file.file_size_in_bytes < spec.small_file_share * target or heavy(t):
-            groups[(t.file.spec_id, partition_values(t.file.partition))].append(t)
+        part = (t.file.spec_id, partition_values(t.file.partition))
+        largest[part] = max(largest[part], t.file.file_size_in_bytes)
+    for t in tasks:
+        part = (t.file.spec_id, partition_values(t.file.partition))
+        if t.file.file_size_in_bytes < spec.small_file_share * min(target, largest[part]) or heavy(t):
+            groups[part].append(t)
     chosen = [t for g in groups.values() if len(g) >= spec.min_files_to_compact or any(heavy(t) for t in g) for t in g]
     live_deletes = {d.file_path for t in tasks for d in t.delete_files}
     entries = _live_entries(tbl)
