@@ -39,10 +39,9 @@ from lake_assets.core.spark.conf import (
     merge_job_script,
     spark_submit_command,
 )
+from lake_assets.core.spark.emr_package import ENVIRONMENT_DIR, JOB_PYTHON, publish_job_script
 from lake_assets.core.spark.engine import Launcher, SparkEngine, SparkJobError, SparkJobInterrupted
 from lake_assets.core.spark.merge_job import read_document, write_document
-
-ENVIRONMENT_DIR = "environment"  # where spark.archives unpacks the job's Python environment on EMR
 
 
 def _run_name(spec: dict) -> str:
@@ -155,9 +154,9 @@ def pipes_subprocess_launcher(context, local: LocalSpark, *, env: dict[str, str]
 class EmrServerless:
     """An EMR Serverless Spark application and what the merge job needs on S3.
 
-    script_uri: the job script (`publish_job_script` uploads it from the installed package).
-    environment_uri: a packed Python environment (venv-pack) with this package installed; unpacked
-    on the driver and executors as ./environment.
+    script_uri: the job script; environment_uri: the job's Python environment archive, with this
+    package installed, unpacked on the driver and executors as ./environment. Both are built and
+    uploaded by `python -m lake_assets.core.spark.emr_package publish`.
     jobs_uri: an S3 prefix for job specs, results and scratch Parquet.
     """
 
@@ -179,7 +178,7 @@ class EmrServerless:
         return self.jobs_uri.rstrip("/") + "/scratch"
 
     def job_spark_conf(self, catalog: CatalogSettings) -> dict[str, str]:
-        python = f"./{ENVIRONMENT_DIR}/bin/python"
+        python = JOB_PYTHON  # the archive's launcher (emr_package decides its layout)
         conf = {
             "spark.archives": f"{self.environment_uri}#{ENVIRONMENT_DIR}",
             "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": python,
@@ -246,12 +245,6 @@ class LakeEMRServerlessClient(PipesEMRServerlessClient):
                 reason = run.get("stateDetails") or "no reason given by EMR Serverless"
                 raise SparkJobInterrupted(f"EMR Serverless job run {run_id} ({run.get('name', '')}) of application {app} ended {state}: {reason}")
             time.sleep(self.poll_interval)
-
-
-def publish_job_script(s3, script_uri: str) -> None:
-    """Upload the job script of the installed package to where EMR Serverless runs it from."""
-    bucket, _, key = script_uri.removeprefix("s3://").partition("/")
-    s3.put_object(Bucket=bucket, Key=key, Body=merge_job_script().read_bytes())
 
 
 def emr_serverless_launcher(context, emr: EmrServerless, *, emr_client=None, logs_client=None) -> Launcher:

@@ -23,6 +23,7 @@ from demo.dms_writer import load_file_name, table_dir, write_dms_file
 from lake_assets.core.cdc.runner import merge_pending
 from lake_assets.core.landing import S3LandingZone
 from lake_assets.core.ledger import sqlite_ledger
+from lake_assets.core.spark.emr_package import publish_job_script
 from resources.spark import SparkMergeResource, spark_engine_for
 from tests.spark.conftest import make_table, record_landed, sql_catalog
 
@@ -59,8 +60,6 @@ def lake(aws, tmp_path):
     for bucket in ("lake-landing", "lake-code", "lake-jobs"):
         s3.create_bucket(Bucket=bucket)
     app = boto3.client("emr-serverless").create_application(name="lake-merge", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
-    from resources.spark import publish_job_script
-
     publish_job_script(s3, SCRIPT)
     table = make_table("shop", "orders", columns=[("id", "long"), ("v", "long")])
     local = tmp_path / "files"
@@ -160,10 +159,15 @@ def test_job_run_request_and_result_through_cloudwatch(lake):
     assert conf["spark.sql.extensions"] == "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
     assert conf["spark.jars"] == "/usr/share/aws/iceberg/lib/iceberg-spark3-runtime.jar"
     assert conf["spark.archives"] == f"{ENVIRONMENT}#environment"
-    assert conf["spark.emr-serverless.driverEnv.PYSPARK_PYTHON"] == "./environment/bin/python"
+    for python in ("spark.emr-serverless.driverEnv.PYSPARK_PYTHON", "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON",
+                   "spark.executorEnv.PYSPARK_PYTHON"):
+        assert conf[python] == "./environment/bin/python"  # the launcher emr_package packs (tests/spark/test_emr_package.py)
+    assert conf["spark.emr-serverless.driverEnv.AWS_REGION"] == REGION
+    assert conf["spark.sql.catalog.lake.client.region"] == REGION
     assert "spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT" in conf  # injected by Pipes
     logging = run["configurationOverrides"]["monitoringConfiguration"]["cloudWatchLoggingConfiguration"]
     assert logging["enabled"] and logging["logGroupName"] == LOG_GROUP
+    assert logging["logTypes"] == {"SPARK_DRIVER": ["STDOUT", "STDERR"]}  # the driver's stdout carries the Pipes messages
     assert run["tags"]["lake-table"] == "shop.orders"
 
     spec = submitted["spec"]
