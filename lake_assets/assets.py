@@ -209,9 +209,9 @@ def merge_table(context, table: TableConfig, lake: LakeResource, checks: set[str
     metadata["batches"] = MetadataValue.int(len(results))
     metadata |= table_metadata(tbl, table.identifier, table=table)
     if tbl is not None:  # files, snapshots, metadata size: plotted over time, maintenance keeps them bounded
-        from lake_assets.core.maintenance import table_health
+        from lake_assets.core.maintenance import summary_health  # from the summary: no manifest read per merge
 
-        metadata |= health_metadata(table_health(tbl, table.maintenance))
+        metadata |= health_metadata(summary_health(tbl))
     if snapshot is not None:
         metadata["snapshot_id"] = MetadataValue.text(str(snapshot))
     merged_rows = (totals["rows_read"], totals["quarantined"]) if results else None

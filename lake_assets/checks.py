@@ -180,7 +180,7 @@ def table_health_result(table: TableConfig, key: AssetKey, tbl: Table | None) ->
     spec = table.maintenance
     health = table_health(tbl, spec)
     problems = []
-    if health.small_files > spec.small_files_warn:
+    if health.small_files is not None and health.small_files > spec.small_files_warn:
         problems.append(f"{health.small_files} small data files (more than {spec.small_files_warn})")
     if health.snapshots > spec.snapshots_warn:
         problems.append(f"{health.snapshots} snapshots (more than {spec.snapshots_warn})")

@@ -43,7 +43,7 @@ def health_metadata(health: Any, prefix: str = "") -> dict[str, Any]:
     return {
         f"{prefix}data_files": MetadataValue.int(health.data_files),
         f"{prefix}average_file_mb": MetadataValue.float(round(health.average_file_bytes / 2**20, 3)),
-        f"{prefix}small_files": MetadataValue.int(health.small_files),
+        **({f"{prefix}small_files": MetadataValue.int(health.small_files)} if health.small_files is not None else {}),
         f"{prefix}delete_files": MetadataValue.int(health.delete_files),
         f"{prefix}snapshots": MetadataValue.int(health.snapshots),
         f"{prefix}manifests": MetadataValue.int(health.manifests),

@@ -62,7 +62,7 @@ class Health:
 
     data_files: int = 0
     data_bytes: int = 0
-    small_files: int = 0
+    small_files: int | None = 0  # None: not counted (summary_health)
     delete_files: int = 0
     records: int = 0
     snapshots: int = 0
@@ -75,6 +75,25 @@ class Health:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self) | {"average_file_bytes": self.average_file_bytes}
+
+
+def summary_health(tbl: Table) -> Health:
+    """The health a merge reports, from the snapshot summary and the manifest list alone (no manifest
+    is read): small files need every file's size, so only maintenance and the check count them."""
+    snap = tbl.current_snapshot()
+    if snap is None:
+        return Health(snapshots=len(tbl.metadata.snapshots))
+    props = snap.summary.additional_properties if snap.summary else {}
+    manifests = snap.manifests(tbl.io)
+    try:
+        metadata_bytes = len(tbl.io.new_input(tbl.metadata_location))
+    except Exception:  # noqa: BLE001 - the size is a figure, not a reason to fail
+        metadata_bytes = 0
+    return Health(
+        data_files=int(props.get("total-data-files", 0)), data_bytes=int(props.get("total-files-size", 0)),
+        small_files=None, delete_files=int(props.get("total-delete-files", 0)), records=int(props.get("total-records", 0)),
+        snapshots=len(tbl.metadata.snapshots), manifests=len(manifests),
+        metadata_bytes=metadata_bytes + sum(m.manifest_length for m in manifests))
 
 
 def table_health(tbl: Table, spec: MaintenanceSpec) -> Health:
@@ -210,7 +229,8 @@ def compact(tbl: Table, table: TableConfig, spec: MaintenanceSpec) -> tuple[Tabl
         part = (t.file.spec_id, partition_values(t.file.partition))
         if t.file.file_size_in_bytes < spec.small_file_share * min(target, largest[part]) or heavy(t):
             groups[part].append(t)
-    chosen = [t for g in groups.values() if len(g) >= spec.min_files_to_compact or any(heavy(t) for t in g) for t in g]
+    groups = {part: g for part, g in groups.items() if len(g) >= spec.min_files_to_compact or any(heavy(t) for t in g)}
+    chosen = [t for g in groups.values() for t in g]
     live_deletes = {d.file_path for t in tasks for d in t.delete_files}
     entries = _live_entries(tbl)
     dangling = [e for e in entries if e.data_file.content != DataFileContent.DATA and e.data_file.file_path not in live_deletes]
@@ -227,7 +247,6 @@ def compact(tbl: Table, table: TableConfig, spec: MaintenanceSpec) -> tuple[Tabl
     added: list[DataFile] = []
     keys = [(k, "ascending") for k in table.primary_key]
     for _, group in sorted(groups.items(), key=lambda kv: repr(kv[0])):
-        group = [t for t in group if t in chosen]
         for chunk in _bins(group, target):
             rows = scan.to_table(chunk)  # the delete files applied: the compacted files need none
             if rows.num_rows:
@@ -272,11 +291,7 @@ def expire_snapshots(tbl: Table, spec: MaintenanceSpec, now: dt.datetime,
     if records and keep_batches is not None:
         keep_batches(records)
     tbl.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
-    return load_again(tbl), len(expired), len(records)
-
-
-def load_again(tbl: Table) -> Table:
-    return tbl.refresh()
+    return tbl.refresh(), len(expired), len(records)
 
 
 def _referenced(tbl: Table) -> set[str]:
@@ -345,7 +360,7 @@ def expire_sidecars(catalog: Catalog, table: TableConfig, spec: MaintenanceSpec,
                 # LessThan(term, literal) is pyiceberg's own __init__; mypy sees only the pydantic fields.
                 tbl.delete(LessThan(column, cutoff.isoformat()), snapshot_properties={MAINTENANCE: "expiry"})  # type: ignore[call-arg, misc]
             expired[i] = old
-        tbl = load_again(tbl)
+        tbl = tbl.refresh()
         expire_snapshots(tbl, spec, now)
     return expired[0], expired[1]
 
@@ -406,7 +421,7 @@ def maintain(catalog: Catalog, ledger: FileLedger, table: TableConfig, *, now: d
         if engine is not None and hasattr(engine, "maintain"):
             _maintain_with_spark(engine, catalog, ledger, table, tbl, spec, now, report)
             report.tombstones_expired, report.quarantine_expired = expire_sidecars(catalog, table, spec, now)
-            report.after = table_health(load_again(tbl), spec)
+            report.after = table_health(tbl.refresh(), spec)
             report.seconds = time.perf_counter() - started
             return report
         tbl, compacted = compact(tbl, table, spec)

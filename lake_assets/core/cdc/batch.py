@@ -30,6 +30,8 @@ from lake_assets.core.types import arrow_type
 
 SEQ = "_lake_seq"
 FILE = "_lake_file"
+# The lake columns every source-aligned row carries besides its position (core/cdc/pipeline.py writes them).
+LAKE_OP, BATCH, INGESTED_AT = "_lake_op", "_lake_batch_id", "_lake_ingested_at"
 
 
 @dataclass(frozen=True)

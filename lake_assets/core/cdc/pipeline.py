@@ -26,7 +26,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from lake_assets.core.cdc import scd2, snapshots, truncate
-from lake_assets.core.cdc.batch import FILE, SEQ, ChangeBatch, LandedInput, read_batch
+from lake_assets.core.cdc.batch import BATCH, FILE, INGESTED_AT, LAKE_OP, SEQ, ChangeBatch, LandedInput, read_batch
 from lake_assets.core.cdc.dms import OP, ROW
 from lake_assets.core.cdc.iceberg import (
     SchemaEvolution,
@@ -54,9 +54,6 @@ from lake_assets.core.cdc.semantics import (
 from lake_assets.core.cdc.sidecars import load_tombstones, update_delete_events, update_tombstones, write_quarantine
 from lake_assets.core.registry import TableConfig
 
-LAKE_OP = "_lake_op"
-BATCH = "_lake_batch_id"
-INGESTED_AT = "_lake_ingested_at"
 LAKE_ROW = "_lake_row"
 
 TS = pa.timestamp("us", tz="UTC")

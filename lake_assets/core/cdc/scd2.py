@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.table import Table
 
-from lake_assets.core.cdc.batch import FILE, SEQ
+from lake_assets.core.cdc.batch import BATCH, FILE, INGESTED_AT, LAKE_OP, SEQ
 from lake_assets.core.cdc.dms import OP, ROW, QuarantinedRow
 from lake_assets.core.cdc.iceberg import BATCH_ID, lake_snapshots
 from lake_assets.core.cdc.position import LOAD_PHASE
@@ -46,7 +46,6 @@ FROM_SEQ, END_SEQ = "_lake_from_seq", "_lake_end_seq"
 VALID_FROM, VALID_TO, IS_CURRENT = "_valid_from", "_valid_to", "_is_current"
 SCD2_COLUMNS = (FROM_SEQ, END_SEQ, VALID_FROM, VALID_TO, IS_CURRENT)
 ERA = "lake.scd2-era"  # snapshot summary: reloads so far
-LAKE_OP, BATCH, INGESTED_AT = "_lake_op", "_lake_batch_id", "_lake_ingested_at"
 LAKE_PREFIX = "_lake_"
 
 
