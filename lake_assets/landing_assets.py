@@ -34,6 +34,13 @@ from resources.lake import LakeResource
 LANDING_KIND = {"parquet": "parquet", "csv": "csv", "debezium": "kafka", "json": "json", "jsonl": "json"}
 
 
+def _layout(table: TableConfig) -> str:
+    """How the folder's files are written: DMS's layout for CDC files in DMS formats, else format and load."""
+    if table.load == "cdc" and table.format in ("parquet", "csv"):
+        return "AWS DMS layout"
+    return f"{table.format} files, load {table.load}"
+
+
 def landing_asset_key(table: TableConfig) -> AssetKey:
     return AssetKey(landing_key(table.source, table.name))
 
@@ -43,7 +50,7 @@ def landing_spec(table: TableConfig) -> AssetSpec:
         key=landing_asset_key(table),
         group_name=table.source,
         kinds={LANDING_KIND[table.format]},
-        description=f"Files landed for {table.identifier} under {table.landing_prefix} ({table.format} files, load {table.load}), as the ledger "
+        description=f"Files landed for {table.identifier} under {table.landing_prefix} ({_layout(table)}), as the ledger "
                     "records them",
         owners=list(table.owners),
         metadata={"landing_prefix": table.landing_prefix, "format": table.format},

@@ -81,7 +81,7 @@ def registry_column_schema(table: TableConfig) -> TableSchema | None:
         return None
     return TableSchema(columns=[
         *(TableColumn(c.name, iceberg_type_name(c.type), column_description(table, c.name, c.description),
-                      _constraints(table, c.name), _tags(table, c.name)) for c in table.columns),
+                      _constraints(table, c.name), _tags(table, c.name)) for c in table.columns if table.lands(c.name)),
         *_lake_table_columns(table),
     ])
 

@@ -41,12 +41,13 @@ def test_asset_specs_follow_the_registry(tmp_path):
     assert node.group_name == "shop"
     assert "iceberg" in node.kinds
     assert node.pools == {"merge_shop"}  # one merge op per source, serialized by its pool
-    assert {c.name for c in node.check_keys} == {"unique_primary_key", "ledger_reconciled", "quarantine_rate", "freshness"}
+    assert {c.name for c in node.check_keys} == {"unique_primary_key", "ledger_reconciled", "quarantine_rate", "freshness", "table_health"}
     assert node.parent_keys == {AssetKey(["landing", "shop", "orders"])}
     landing = graph.get(AssetKey(["landing", "shop", "orders"]))
     assert landing.is_observable and not landing.is_materializable and landing.group_name == "shop"
-    assert [s.name for s in defs.schedules] == ["refresh_shop_10"]
-    assert {j.name for j in defs.jobs} == {"ingest_shop", "ingest_travel"}
+    # refunds' refresh, and every source's maintenance at its default time (03:00 daily)
+    assert sorted(s.name for s in defs.schedules) == ["maintain_shop_0_3", "maintain_travel_0_3", "refresh_shop_10"]
+    assert {j.name for j in defs.jobs} == {"ingest_shop", "ingest_travel", "maintain_shop", "maintain_travel"}
 
 
 def test_landing_sensor_records_and_requests_only_new_arrivals(tmp_path, monkeypatch):

@@ -31,7 +31,9 @@ LAKE_COLUMNS = "_lake_seq string, _lake_op string, _lake_batch_id string, _lake_
 
 
 def _spec(table, schema, folder, mode, pk, seq, description, columns):
-    lake_columns = LAKE_COLUMNS + (", _lake_file string, _lake_row long" if mode == "history" else "")
+    lake_columns = LAKE_COLUMNS + {"history": ", _lake_file string, _lake_row long",
+                                   "scd2": ", _lake_from_seq string, _lake_end_seq string, _valid_from long, _valid_to long, "
+                                           "_is_current boolean"}.get(mode, "")
     return {
         "group": "travel", "kinds": ["duckdb", "iceberg"], "op": "merge_travel", "pools": ["merge_travel"],
         "owners": OWNERS, "checks": CHECKS, "tags": {"lake/engine": "inprocess", "lake/mode": mode},
@@ -55,6 +57,7 @@ def _landing(table, schema, folder, fmt="parquet"):
 DEMO_SNAPSHOT = {
     "landing/travel/booking_status_history": _landing("booking_status_history", "booking", "bookings_audit"),
     "landing/travel/bookings": _landing("bookings", "booking", "bookings"),
+    "landing/travel/customer_versions": _landing("customer_versions", "booking", "customers_versions"),
     "landing/travel/customers": _landing("customers", "booking", "customers"),
     "landing/travel/hotels": _landing("hotels", "booking", "hotels"),
     "landing/travel/payments": _landing("payments", "billing", "payments", "csv"),
@@ -67,6 +70,11 @@ DEMO_SNAPSHOT = {
         "bookings", "booking", "bookings", "current", "booking_id", "change_seq", "Hotel bookings (current state).",
         "change_seq long, booking_id long, customer_id long, hotel_id long, promotion_id long, check_in date, check_out date, "
         "nights int, amount decimal(12, 2), currency string, status string, created_at timestamp, updated_at timestamp"),
+    "source_aligned/travel/customer_versions": _spec(
+        "customer_versions", "booking", "customers_versions", "scd2", "customer_id", "change_seq",
+        "Customer versions (type-2 history): a point-in-time lookup is _valid_from <= change_seq < _valid_to.",
+        "change_seq long, customer_id long, email string, country string, marketing_opt_in boolean, created_at timestamp, "
+        "updated_at timestamp"),
     "source_aligned/travel/customers": _spec(
         "customers", "booking", "customers", "current", "customer_id", "change_seq", "Customer accounts (current state).",
         "change_seq long, customer_id long, first_name string, last_name string, email string, phone string, "

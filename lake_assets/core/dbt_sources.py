@@ -115,7 +115,7 @@ def _table(table: TableConfig) -> dict[str, Any]:
         entry["description"] = table.description
     entry["config"] = {"meta": meta}
     if table.columns is not None:
-        entry["columns"] = [_column(table, c) for c in table.columns]
+        entry["columns"] = [_column(table, c) for c in table.columns if table.lands(c.name)]
     return entry
 
 

