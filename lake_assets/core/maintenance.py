@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, LessThan
@@ -100,8 +101,8 @@ def table_health(tbl: Table, spec: MaintenanceSpec) -> Health:
     snap = tbl.current_snapshot()
     if snap is None:
         return Health(snapshots=len(tbl.metadata.snapshots))
-    small = spec.small_file_share * spec.target_file_mb * MIB
     tasks = list(tbl.scan().plan_files())
+    small = small_test(tbl, tasks, spec)
     manifests = snap.manifests(tbl.io)
     deletes = {d.file_path for t in tasks for d in t.delete_files}
     try:
@@ -111,7 +112,7 @@ def table_health(tbl: Table, spec: MaintenanceSpec) -> Health:
     return Health(
         data_files=len(tasks),
         data_bytes=sum(t.file.file_size_in_bytes for t in tasks),
-        small_files=sum(1 for t in tasks if t.file.file_size_in_bytes < small),
+        small_files=sum(1 for t in tasks if small(t)),
         delete_files=len(deletes),
         records=sum(t.file.record_count for t in tasks),
         snapshots=len(tbl.metadata.snapshots),
@@ -192,6 +193,26 @@ def _live_entries(tbl: Table) -> list[ManifestEntry]:
     return [e for m in snap.manifests(tbl.io) for e in m.fetch_manifest_entry(tbl.io, discard_deleted=True)]
 
 
+def small_test(tbl: Table, tasks: list[FileScanTask], spec: MaintenanceSpec) -> Callable[[FileScanTask], bool]:
+    """Which files are small: under `small_file_share` of the rows a target-size file holds. By rows,
+    not bytes: pyiceberg cuts files at the target size of their Arrow data, so a full file is far
+    under the target on disk, and a size test would rewrite every full file on every run."""
+    full_rows = spec.small_file_share * spec.target_file_mb * MIB / _arrow_bytes_per_row(tbl, tasks)
+    return lambda t: t.file.record_count < full_rows
+
+
+def _arrow_bytes_per_row(tbl: Table, tasks: list[FileScanTask]) -> float:
+    """The table's rows' Arrow size, from the first row group of its smallest non-empty file (cheap to
+    read): what the writer measures when it cuts files at the target size."""
+    sample = min((t for t in tasks if t.file.record_count), key=lambda t: t.file.file_size_in_bytes, default=None)
+    if sample is None:
+        return 1.0
+    with tbl.io.new_input(sample.file.file_path).open() as f:
+        parquet = pq.ParquetFile(f)
+        rows = parquet.read_row_group(0) if parquet.num_row_groups else None
+    return max(rows.nbytes / rows.num_rows, 1.0) if rows is not None and rows.num_rows else 1.0
+
+
 def _bins(tasks: list[FileScanTask], target: int) -> list[list[FileScanTask]]:
     """Files packed into groups of about the target size (what one rewrite holds in memory)."""
     out: list[list[FileScanTask]] = []
@@ -219,16 +240,10 @@ def compact(tbl: Table, table: TableConfig, spec: MaintenanceSpec) -> tuple[Tabl
         deleted = sum(d.record_count for d in t.delete_files)
         return len(t.delete_files) > spec.max_delete_files or deleted > spec.max_deleted_share * max(t.file.record_count, 1)
 
-    # Small against the partition's largest file too: pyiceberg's target size is of the Arrow data,
-    # so full files land well under it on disk and would otherwise be rewritten by every run.
-    largest: dict[tuple, int] = defaultdict(int)
+    small = small_test(tbl, tasks, spec)
     for t in tasks:
-        part = (t.file.spec_id, partition_values(t.file.partition))
-        largest[part] = max(largest[part], t.file.file_size_in_bytes)
-    for t in tasks:
-        part = (t.file.spec_id, partition_values(t.file.partition))
-        if t.file.file_size_in_bytes < spec.small_file_share * min(target, largest[part]) or heavy(t):
-            groups[part].append(t)
+        if small(t) or heavy(t):
+            groups[(t.file.spec_id, partition_values(t.file.partition))].append(t)
     groups = {part: g for part, g in groups.items() if len(g) >= spec.min_files_to_compact or any(heavy(t) for t in g)}
     chosen = [t for g in groups.values() for t in g]
     live_deletes = {d.file_path for t in tasks for d in t.delete_files}
