@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -303,6 +304,12 @@ def test_the_code_location_loads_with_a_broken_registry_file(tmp_path, monkeypat
     (sources / "shop.yaml").write_text(textwrap.dedent(SHOP))
     monkeypatch.setenv("LAKE_SOURCES_DIR", str(sources))
     monkeypatch.setenv("LAKE_BUILTIN_SOURCES", "true")  # and the demo's, which the dbt models read
+    # The code location generates models/sources/shop.yml: into a copy, not this checkout's project.
+    from lake_assets import dbt_assets
+
+    project = tmp_path / "dbt_project"
+    shutil.copytree(dbt_assets.DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("logs", "dbt_packages"))
+    monkeypatch.setattr(dbt_assets, "DBT_PROJECT_DIR", project)
     from lake_assets.definitions import code_location, defs
 
     code_location.cache_clear()  # built once per process; this test wants its own registry
