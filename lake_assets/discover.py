@@ -185,7 +185,9 @@ def group_folders(keys: list[str], path: str) -> tuple[list[Folder], list[str]]:
     split = [(k, k.split("/")[:-1]) for k in keys]
     table_dirs = {k: dirs[:_layout_start(dirs)] for k, dirs in split}
     depth = _configured_depth(path)
-    need = 3 - depth if depth is not None else max(0, 3 - max((len(d) for d in table_dirs.values()), default=0))
+    # How many layout levels PATH itself stands for: its place in the configured landing zone, else
+    # what the deepest table folder under it lacks of <source>/<schema>/<table>.
+    need = depth if depth is not None else max(0, 3 - max((len(d) for d in table_dirs.values()), default=0))
     folders: dict[tuple[str, str, str], Folder] = {}
     outside: list[str] = []
     for key, dirs in split:

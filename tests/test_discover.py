@@ -376,3 +376,59 @@ def test_an_s3_landing_prefix_is_drafted_like_a_directory(tmp_path, monkeypatch,
         s3.put_object(Bucket=bucket, Key=f"dms/{f.relative_to(landing).as_posix()}", Body=f.read_bytes())
     uri = f"s3://{bucket}/dms"
     assert _draft(uri) == DMS_DRAFT.replace("LANDING", uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# The landing sensor names folders no registry table claims
+
+
+SHOP = """
+source: shop
+tables:
+  - name: orders
+    schema: public
+    primary_key: [order_id]
+"""
+
+
+def test_the_landing_sensor_reports_unclaimed_folders_with_the_command_that_drafts_them(tmp_path, monkeypatch, capsys):
+    from dagster import AssetCheckEvaluation, AssetObservation, DagsterInstance, build_sensor_context
+
+    from lake_assets.landing_assets import UNCLAIMED_CHECK, UNCLAIMED_KEY
+    from lake_assets.sensors import build_landing_sensor
+    from resources.lake import LakeResource
+
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path))
+    lake = make_lake(tmp_path, {"shop": SHOP})
+    land_dms_source(lake.landing)  # orders is claimed; billing/PAYMENTS is not
+    (lake.landing / "shop" / "public" / "orders" / "notes.txt").write_text("a misnamed file of a claimed folder")
+    sensor = build_landing_sensor(lake.registry)
+    with DagsterInstance.ephemeral() as instance:
+        first = sensor(build_sensor_context(instance=instance, resources={"lake": LakeResource()}))
+        [check] = [e for e in first.asset_events if isinstance(e, AssetCheckEvaluation)]
+        assert (check.asset_key, check.check_name, check.passed) == (UNCLAIMED_KEY, UNCLAIMED_CHECK, False)
+        command = f"python -m lake_assets.discover {lake.landing}/shop/billing/PAYMENTS/"
+        assert check.metadata["unclaimed_folders"].value == 1 and check.metadata["unclaimed_files"].value == 2
+        assert f"| `shop/billing/PAYMENTS/` | 2 | `{command}` |" in check.metadata["folders"].value
+        assert "1 landing folder(s) hold 2 file(s) no registry table claims" in check.description
+        [observed] = [e for e in first.asset_events if isinstance(e, AssetObservation) and e.asset_key == UNCLAIMED_KEY]
+        assert observed.metadata["unclaimed_folders"].value == 1
+        logged = capsys.readouterr().err
+        assert ("landing folder shop/billing/PAYMENTS/ holds 2 file(s) no registry table claims (not ingested); "
+                f"draft its registry entry with: {command}") in logged
+        assert "folders no registry table claims: 1" in logged
+
+        again = sensor(build_sensor_context(instance=instance, cursor=first.cursor, resources={"lake": LakeResource()}))
+        assert not [e for e in again.asset_events if e.asset_key == UNCLAIMED_KEY]  # reported once, not every tick
+        assert "folders no registry table claims: 1" in capsys.readouterr().err  # the tick's summary still says it
+
+        # The hinted command drafts the entry; once in the registry, the folder's files route to it.
+        draft = _draft(command.split()[-1])
+        payments = _table(draft, "payments")
+        shop = SHOP + payments.split("\n", 1)[1].replace("primary_key: []", "primary_key: [column_1]") + "\n"
+        lake = make_lake(tmp_path, {"shop": shop})
+        sensor = build_landing_sensor(lake.registry)
+        third = sensor(build_sensor_context(instance=instance, cursor=again.cursor, resources={"lake": LakeResource()}))
+        [check] = [e for e in third.asset_events if isinstance(e, AssetCheckEvaluation) and e.asset_key == UNCLAIMED_KEY]
+        assert check.passed and check.metadata["unclaimed_folders"].value == 0
+        assert lake.env.ledger.tables_with_pending().get("shop.payments") == 2
