@@ -432,3 +432,9 @@ def test_the_landing_sensor_reports_unclaimed_folders_with_the_command_that_draf
         [check] = [e for e in third.asset_events if isinstance(e, AssetCheckEvaluation) and e.asset_key == UNCLAIMED_KEY]
         assert check.passed and check.metadata["unclaimed_folders"].value == 0
         assert lake.env.ledger.tables_with_pending().get("shop.payments") == 2
+
+
+def test_the_readme_shows_the_draft_this_module_expects():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "## Discovering a new source" in readme
+    assert "```yaml\n" + DMS_DRAFT.replace("LANDING", ".lake/landing") + "```" in readme
