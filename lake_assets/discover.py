@@ -242,8 +242,9 @@ def _plain_bytes(key: str, data: bytes) -> tuple[bytes, str]:
     return data, name
 
 
-def _json_values(data: bytes) -> list[Any]:
-    """The values of a JSON Lines file (the first SAMPLE_LINES lines that parse), or of one JSON document."""
+def _json_values(data: bytes) -> tuple[list[Any], bool]:
+    """The values of a JSON Lines file (its first SAMPLE_LINES lines), or of one JSON document; and
+    whether they were lines."""
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
     out = []
     for line in text.splitlines():
@@ -254,11 +255,11 @@ def _json_values(data: bytes) -> list[Any]:
                 out = []
                 break
             if len(out) >= SAMPLE_LINES:
-                return out
-    if out:
-        return out
+                return out, True
+    if len(out) > 1:
+        return out, True
     doc = json.loads(text)
-    return doc if isinstance(doc, list) else [doc]
+    return (doc if isinstance(doc, list) else [doc]), False
 
 
 def _envelope(value: Any) -> dict | None:
@@ -462,7 +463,7 @@ def _sample(folder: Folder, n: int) -> list[str]:
     return sorted(picked) if picked else keys[-n:]
 
 
-def _debezium_columns(folder: Folder, events: list[tuple[dict, dict | None]]) -> list[Column]:
+def _debezium_columns(events: list[tuple[dict, dict | None]]) -> list[Column]:
     """Columns of Debezium events: from the `after`/`before` schema when the envelope has it, else the images."""
     for _, schema in events:
         if schema is None:
@@ -502,12 +503,18 @@ def discover_folder(landing: LandingZone, folder: Folder, sample: int = SAMPLE_F
         folder.format = exts.most_common(1)[0][0]
         if len(exts) > 1:
             folder.notes.append(f"the folder holds both csv and parquet DMS files ({dict(exts)}); a table reads one format")
-    formats = Counter(drop_format(k) for k in keys)
     unknown = sorted(_name(k) for k in keys if drop_format(k) is None)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         folder.notes.append(f"{len(unknown)} files in no format the lake reads ({shown}): left out")
-    readable = [k for k in keys if drop_format(k) is not None]
+    # A table reads one format: the folder's most common (a zip's is inside it); the others are said.
+    formats = Counter(f for k in keys if (f := drop_format(k)) not in (None, "zip"))
+    main = folder.format or (formats.most_common(1)[0][0] if formats else None)
+    others = {f: n for f, n in formats.items() if f != main and folder.kind != "dms"}
+    if others:
+        folder.notes.append("files of other formats (" + ", ".join(f"{n} {f}" for f, n in sorted(others.items()))
+                            + f"): a table reads one format, the draft takes {main}")
+    readable = keys if folder.kind == "dms" else [k for k in keys if (f := drop_format(k)) is not None and f in (main, "zip")]
     if folder.kind != "dms":
         folder.kind = "drop" if readable else "unknown"
     if not readable:
@@ -518,7 +525,10 @@ def discover_folder(landing: LandingZone, folder: Folder, sample: int = SAMPLE_F
     for key in picked:
         try:
             data, name = _plain_bytes(key, landing.read(key))
-            fmt = drop_format(name) or drop_format(key)
+            fmt = drop_format(name)
+            if fmt is None or fmt == "zip" or (main is not None and folder.kind != "dms" and fmt != main):
+                folder.notes.append(f"{_name(key)} holds {name}, not a {main or 'csv, json, jsonl or parquet'} file: left out")
+                continue
             if fmt == "parquet":
                 pf = pq.ParquetFile(io.BytesIO(data))
                 schema = pf.schema_arrow
@@ -529,36 +539,34 @@ def discover_folder(landing: LandingZone, folder: Folder, sample: int = SAMPLE_F
             elif fmt == "csv":
                 found = _read_csv(data, folder, cdc=folder.kind == "dms" and not LOAD_NAME.match(_name(key)))
             else:
-                values = _json_values(data)
+                values, as_lines = _json_values(data)
                 changes = [(e, v.get("schema") if isinstance(v, dict) and "payload" in v else None)
                            for v in values if (e := _envelope(v)) is not None]
                 if changes and len(changes) * 2 >= len([v for v in values if v is not None]):
                     folder.kind, fmt = "debezium", "debezium"
                     events += changes
-                    found = _debezium_columns(folder, changes)
+                    found = _debezium_columns(changes)
                 else:
                     found = _json_columns([v for v in values if isinstance(v, dict)])
-                    fmt = "jsonl" if len(values) > 1 or name.endswith((".jsonl", ".ndjson")) else "json"
-                    if name.endswith(".json") and not name.endswith(".keys.json") and data.lstrip()[:1] == b"[":
-                        fmt = "json"
+                    if fmt == "json" and as_lines and len(values) > 1:
+                        folder.notes.append(f"{_name(key)} holds JSON lines, but format json reads one document per file: "
+                                            "name such files .jsonl (format jsonl)")
         except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, pa.ArrowException) as e:
             folder.notes.append(f"{_name(key)} could not be read: {str(e)[:200]}")
             continue
         folder.sampled.append(key)
-        if folder.format is None or folder.kind in ("debezium",):
-            folder.format = fmt if folder.kind != "dms" else folder.format
+        if folder.kind != "dms" and (folder.format is None or fmt == "debezium"):
+            folder.format = fmt
         columns = _merge(columns, found)
-    if folder.kind == "drop" and len({f for f in formats if f}) > 1:
-        folder.notes.append(f"files of several formats ({', '.join(sorted(f for f in formats if f))}); a table reads one, "
-                            f"the draft takes {folder.format}")
-    if folder.format == "zip":
-        folder.format = None
+    if not folder.sampled:
+        folder.kind = "unknown"  # nothing could be read: no table to draft, the notes say why
+        return folder
     folder.columns = _lake_names(folder, columns)
     if folder.kind == "debezium":
         if key_files:
             try:
                 data, _ = _plain_bytes(key_files[-1], landing.read(key_files[-1]))
-                values = _json_values(data)
+                values, _ = _json_values(data)
                 folder.primary_key = _key_fields(values[0]) if values else []
                 folder.key_from = f"the sink's key files ({_name(key_files[-1])}: the key schema)" if folder.primary_key else None
             except (OSError, ValueError, EOFError, zlib.error) as e:

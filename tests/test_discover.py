@@ -316,12 +316,19 @@ def test_mixed_and_unknown_files_are_said_not_guessed(tmp_path):
         z.writestr("rates_0.csv", "currency,rate\nGBP,0.85\n")
     (mixed / "rates_0.zip").write_bytes(buf.getvalue())
     (mixed / "notes.md").write_text("x")
+    (mixed / "rates_3.jsonl").write_text('{"currency": "JPY", "rate": 160.5}\n')
+    with zipfile.ZipFile(buf := io.BytesIO(), "w") as z:
+        z.writestr("a.csv", "currency,rate\n")
+        z.writestr("b.csv", "currency,rate\n")
+    (mixed / "rates_4.zip").write_bytes(buf.getvalue())
     (landing / "ops" / "stray.csv").write_text("a\n1\n")
-    draft = _draft(landing)
+    draft = _draft(landing, sample=5)
     assert "  # ops/misc/docs/: 2 file(s), none the lake reads; no table drafted\n" in draft
     assert "  #   2 files in no format the lake reads (readme.txt, schema.xml): left out\n" in draft
     rates = _table(draft, "rates")
     assert "NOTE: 1 files in no format the lake reads (notes.md): left out" in rates
+    assert "NOTE: files of other formats (1 jsonl): a table reads one format, the draft takes csv" in rates
+    assert "NOTE: rates_4.zip could not be read: the zip holds 2 files; a file drop's zip must hold exactly one" in rates
     assert "    format: csv  # file drop\n" in rates and "    csv: {header: true}\n" in rates
     assert rates.endswith("      - {name: currency, type: string}\n"
                           "      - {name: rate, type: \"decimal(18,2)\"}  # TODO: decimal from the text's fixed scale: check the source's precision")
