@@ -445,3 +445,22 @@ def test_the_readme_shows_the_draft_this_module_expects():
     readme = (REPO_ROOT / "README.md").read_text()
     assert "## Discovering a new source" in readme
     assert "```yaml\n" + DMS_DRAFT.replace("LANDING", ".lake/landing") + "```" in readme
+
+
+def test_observing_landing_unclaimed_folders_asks_the_ledger_again(tmp_path, monkeypatch):
+    from dagster import DagsterInstance
+    from dagster._core.definitions.observe import observe  # what "Observe" in the UI runs; not exported
+
+    from lake_assets.core.arrivals import record_arrivals
+    from lake_assets.landing_assets import UNCLAIMED_CHECK, build_unclaimed_asset
+    from resources.lake import LakeResource
+
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path))
+    lake = make_lake(tmp_path, {"shop": SHOP})
+    land_dms_source(lake.landing)
+    record_arrivals(lake.env.landing, lake.env.ledger, lake.registry)
+    with DagsterInstance.ephemeral() as instance:
+        result = observe([build_unclaimed_asset(lake.registry)], resources={"lake": LakeResource()}, instance=instance)
+        [check] = result.get_asset_check_evaluations()
+        assert (check.check_name, check.passed, check.metadata["unclaimed_files"].value) == (UNCLAIMED_CHECK, False, 2)
+        assert "`shop/billing/PAYMENTS/`" in check.metadata["folders"].value
