@@ -7,6 +7,10 @@ sensor reports one for each table it recorded new files for, the merge reports o
 (statuses changed), and "Observe" in the UI asks for one. The data version is the set of files
 recorded, so it changes when a file lands, never when a merge only changes statuses: the
 source-aligned table shows unsynced exactly while landed files wait for their merge.
+
+One more asset, `landing/unclaimed_folders`, covers the files no table claims: the folders holding
+them, each with the `python -m lake_assets.discover` command that drafts its registry entry, and a
+check that warns while any exist.
 """
 
 from __future__ import annotations

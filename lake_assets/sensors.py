@@ -1,6 +1,7 @@
 """Sensors: the landing sensor records arrivals in the ledger, reports what landed, asks for merges
-of on-arrival tables (one run of `ingest_<source>` per source) and turns a table's freshness check
-red or green as it falls behind its landing zone or catches up.
+of on-arrival tables (one run of `ingest_<source>` per source), turns a table's freshness check
+red or green as it falls behind its landing zone or catches up, and names the landing folders no
+registry table claims (a warning with the `lake_assets.discover` command, `landing/unclaimed_folders`).
 
 Where the landing zone sends S3 event notifications to a queue (AWS), the SQS sensor records arrivals
 from them and asks for the merges; the landing sensor then only reconciles: it lists the landing
