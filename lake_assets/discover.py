@@ -373,7 +373,7 @@ def _lake_names(folder: Folder, columns: list[Column]) -> list[Column]:
     out, seen = [], set()
     for c in columns:
         low = c.name.lower()
-        if low == "op" and folder.kind == "dms":
+        if c.name == "Op" and folder.kind == "dms":
             continue  # DMS's Op column: the change's op, not a table column
         if low.startswith("_") or not IDENTIFIER.fullmatch(low):
             folder.notes.append(f"column {c.name!r} is not a lake column name ([a-z][a-z0-9_]*): the lake refuses "
