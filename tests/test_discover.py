@@ -464,3 +464,15 @@ def test_observing_landing_unclaimed_folders_asks_the_ledger_again(tmp_path, mon
         [check] = result.get_asset_check_evaluations()
         assert (check.check_name, check.passed, check.metadata["unclaimed_files"].value) == (UNCLAIMED_CHECK, False, 2)
         assert "`shop/billing/PAYMENTS/`" in check.metadata["folders"].value
+
+
+def test_files_outside_a_landing_zone_are_drafted_under_the_source_given(tmp_path):
+    drop = tmp_path / "Exports 2026" / "crm" / "contacts"
+    drop.mkdir(parents=True)
+    (drop / "contacts.csv").write_text("id,email\n1,a@x.io\n")
+    with pytest.raises(DiscoveryError, match="source 'Exports 2026' is not a lake identifier"):
+        discover(str(drop))
+    text = _draft(drop, source="crm_files")
+    assert "source: crm_files\n" in text
+    assert "# The files are under Exports 2026/...: they route to this source once they land under crm_files/..." in text
+    assert "  - name: contacts\n    schema: crm\n" in text
