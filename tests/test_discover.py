@@ -476,3 +476,20 @@ def test_files_outside_a_landing_zone_are_drafted_under_the_source_given(tmp_pat
     assert "source: crm_files\n" in text
     assert "# The files are under Exports 2026/...: they route to this source once they land under crm_files/..." in text
     assert "  - name: contacts\n    schema: crm\n" in text
+
+
+def test_unclaimed_folders_leave_out_claimed_folders_and_sources_whose_registry_file_is_broken(tmp_path):
+    from lake_assets.core.arrivals import discover_command, unclaimed_folders
+    from lake_assets.core.landing import LocalLandingZone
+
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "shop.yaml").write_text(SHOP)
+    (sources / "crm.yaml").write_text("source: crm\ntables: [\n")  # invalid: its error says why crm routes nowhere
+    registry = load_registry([sources], cache=False)
+    keys = ["shop/public/orders/LOAD00000001.parquet", "shop/public/orders/notes.txt", "shop/billing/PAYMENTS/LOAD00000001.csv",
+            "shop/billing/PAYMENTS/2026/11/21/20261121-101500000.csv", "crm/dbo/notes/LOAD00000001.csv", "shop/stray.csv", "top.csv"]
+    assert unclaimed_folders(keys, registry) == {"": 1, "shop/": 1, "shop/billing/PAYMENTS/": 2}
+    landing = LocalLandingZone(tmp_path / "landing")
+    assert discover_command(landing, "shop/billing/PAYMENTS/") == f"python -m lake_assets.discover {tmp_path}/landing/shop/billing/PAYMENTS/"
+    assert discover_command(landing, "") == f"python -m lake_assets.discover {tmp_path}/landing"
