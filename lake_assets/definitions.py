@@ -25,7 +25,7 @@ from lake_assets.core.dbt_codegen import sources_read_by_models
 from lake_assets.core.registry import Registry, load_registry
 from lake_assets.core.settings import LakeSettings, current_settings
 from lake_assets.jobs import ingest_jobs
-from lake_assets.landing_assets import landing_assets
+from lake_assets.landing_assets import build_unclaimed_asset, landing_assets
 from lake_assets.maintenance import build_maintenance_schedules, maintenance_jobs
 from lake_assets.schedules import build_refresh_schedules
 from lake_assets.sensors import build_landing_sensor, build_sqs_sensor
@@ -128,7 +128,8 @@ def _build_definitions(registry: Registry, with_dbt: bool, settings: LakeSetting
     sensors += build_alert_sensors(settings)  # none without a Slack token
     maintenance = maintenance_jobs(registry)
     core = Definitions(
-        assets=[*landing_assets(registry.by_source()), *source_aligned_assets(registry), *registry_error_specs(registry)],
+        assets=[*landing_assets(registry.by_source()), build_unclaimed_asset(registry), *source_aligned_assets(registry),
+                *registry_error_specs(registry)],
         jobs=[*jobs.values(), *maintenance.values()],
         sensors=sensors,
         schedules=[*build_refresh_schedules(registry, running=settings.automation_running, jobs=jobs),

@@ -7,6 +7,10 @@ sensor reports one for each table it recorded new files for, the merge reports o
 (statuses changed), and "Observe" in the UI asks for one. The data version is the set of files
 recorded, so it changes when a file lands, never when a merge only changes statuses: the
 source-aligned table shows unsynced exactly while landed files wait for their merge.
+
+One more asset, `landing/unclaimed_folders`, covers the files no table claims: the folders holding
+them, each with the `python -m lake_assets.discover` command that drafts its registry entry, and a
+check that warns while any exist.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import warnings
 from collections.abc import Iterable
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     AssetObservation,
     AssetSpec,
@@ -26,9 +34,10 @@ from dagster import (
 )
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
+from lake_assets.core.landing import LandingZone
 from lake_assets.core.ledger import DUPLICATE, FAILED, FileLedger, LedgerEntry, TableFiles
 from lake_assets.core.naming import landing_key
-from lake_assets.core.registry import TableConfig
+from lake_assets.core.registry import Registry, TableConfig
 from resources.lake import LakeResource
 
 LANDING_KIND = {"parquet": "parquet", "csv": "csv", "debezium": "kafka", "json": "json", "jsonl": "json"}
@@ -125,3 +134,69 @@ def build_landing_assets(source: str, tables: list[TableConfig]):
 
 def landing_assets(by_source: dict[str, list[TableConfig]]) -> list:
     return [build_landing_assets(source, tables) for source, tables in by_source.items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders no registry table claims: one asset for the whole landing zone, with a check that warns
+# while any exist, so files no table reads are never only a ledger row marked "unroutable".
+
+UNCLAIMED_KEY = AssetKey(["landing", "unclaimed_folders"])
+UNCLAIMED_CHECK = "no_unclaimed_folders"
+UNCLAIMED_SHOWN = 50  # folders listed in the metadata table; the counts cover all
+
+
+def unclaimed_report(folders: dict[str, int], landing: LandingZone) -> tuple[dict[str, MetadataValue], str | None]:
+    """(metadata, description of the warning or None) of the landing folders no registry table claims."""
+    from lake_assets.core.arrivals import discover_command
+
+    rows = [f"| `{f or '(landing root)'}` | {n} | `{discover_command(landing, f)}` |" for f, n in list(folders.items())[:UNCLAIMED_SHOWN]]
+    more = f"\n\n... and {len(folders) - UNCLAIMED_SHOWN} more folders" if len(folders) > UNCLAIMED_SHOWN else ""
+    metadata: dict[str, MetadataValue] = {
+        "unclaimed_folders": MetadataValue.int(len(folders)),
+        "unclaimed_files": MetadataValue.int(sum(folders.values())),
+        "landing": MetadataValue.text(landing.describe()),
+        "folders": MetadataValue.md("| folder | files | draft its registry entry |\n|---|---|---|\n" + "\n".join(rows) + more
+                                    if rows else "none"),
+    }
+    if not folders:
+        return metadata, None
+    return metadata, (f"{len(folders)} landing folder(s) hold {sum(folders.values())} file(s) no registry table claims "
+                      "(recorded as failed, not ingested); draft an entry with the command shown for each")
+
+
+def unclaimed_events(folders: dict[str, int], landing: LandingZone) -> list:
+    """The observation and check evaluation the landing sensor reports when the unclaimed folders change."""
+    metadata, warning = unclaimed_report(folders, landing)
+    return [AssetObservation(asset_key=UNCLAIMED_KEY, metadata=metadata),
+            AssetCheckEvaluation(asset_key=UNCLAIMED_KEY, check_name=UNCLAIMED_CHECK, passed=warning is None, metadata=metadata,
+                                 severity=AssetCheckSeverity.WARN, description=warning)]
+
+
+def build_unclaimed_asset(registry: Registry):
+    """`landing/unclaimed_folders`: what landed outside every registry table's folder. The landing
+    sensor reports it when that changes; "Observe" in the UI asks the ledger again."""
+    spec = AssetSpec(
+        key=UNCLAIMED_KEY, group_name="landing",
+        description="Landing folders holding files that no registry table claims: they are recorded (as failed, "
+                    "unroutable) but not ingested. Each row names the `python -m lake_assets.discover` command that "
+                    "drafts its registry entry.",
+    )
+    check = AssetCheckSpec(UNCLAIMED_CHECK, asset=UNCLAIMED_KEY,
+                           description="Warns while a landing folder holds files no registry table claims")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        observe = multi_observable_source_asset(name="observe_unclaimed_landing_folders", specs=[spec], check_specs=[check],
+                                                required_resource_keys={"lake"})
+
+    @observe
+    def _observe(context):
+        from lake_assets.core.arrivals import unclaimed_folders
+
+        lake: LakeResource = context.resources.lake
+        folders = unclaimed_folders((e.key for e in lake.ledger.unrouted()), registry)
+        metadata, warning = unclaimed_report(folders, lake.landing)
+        yield ObserveResult(asset_key=UNCLAIMED_KEY, metadata=metadata, check_results=[
+            AssetCheckResult(check_name=UNCLAIMED_CHECK, passed=warning is None, metadata=metadata,
+                             severity=AssetCheckSeverity.WARN, description=warning)])
+
+    return _observe

@@ -1,6 +1,7 @@
 """Sensors: the landing sensor records arrivals in the ledger, reports what landed, asks for merges
-of on-arrival tables (one run of `ingest_<source>` per source) and turns a table's freshness check
-red or green as it falls behind its landing zone or catches up.
+of on-arrival tables (one run of `ingest_<source>` per source), turns a table's freshness check
+red or green as it falls behind its landing zone or catches up, and names the landing folders no
+registry table claims (a warning with the `lake_assets.discover` command, `landing/unclaimed_folders`).
 
 Where the landing zone sends S3 event notifications to a queue (AWS), the SQS sensor records arrivals
 from them and asks for the merges; the landing sensor then only reconciles: it lists the landing
@@ -28,7 +29,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from lake_assets.checks import FRESHNESS, freshness
 from lake_assets.core.naming import ingest_job_name
 from lake_assets.core.registry import Registry, TableConfig
-from lake_assets.landing_assets import observations
+from lake_assets.landing_assets import observations, unclaimed_events
 from lake_assets.run_processes import reap_dead_runs
 from resources.lake import LakeResource
 
@@ -69,7 +70,12 @@ def build_landing_sensor(registry: Registry, *, running: bool = True, jobs: dict
                     "of on-arrival tables and keeps each table's freshness check current",
     )
     def landing_sensor(context: SensorEvaluationContext, lake: LakeResource):
-        from lake_assets.core.arrivals import ListingCursor, record_arrivals  # the file readers: imported by ticks
+        from lake_assets.core.arrivals import (  # the file readers: imported by ticks
+            ListingCursor,
+            discover_command,
+            record_arrivals,
+            unclaimed_folders,
+        )
 
         for run_id in reap_dead_runs(context.instance):  # a killed run must not hold its source's merge slot
             context.log.warning(f"run {run_id}: its process is gone; marked failed, its concurrency slot freed")
@@ -115,15 +121,26 @@ def build_landing_sensor(registry: Registry, *, running: bool = True, jobs: dict
         was_stale = set(cursor.get("stale", []))
         stale, flipped = freshness_changes(tables, lake, was_stale)
         events += flipped
+        # Folders no registry table claims: named with the command that drafts their entry, and
+        # reported on landing/unclaimed_folders (its check warns) whenever the set changes.
+        unclaimed = unclaimed_folders((e.key for e in lake.ledger.unrouted()), registry)
+        unclaimed_mark = _unclaimed_mark(unclaimed)
+        if unclaimed_mark != cursor.get("unclaimed", _unclaimed_mark({})):  # a first tick with none: nothing to say
+            for folder, n in list(unclaimed.items())[:20]:
+                context.log.warning(f"landing folder {folder or '(landing root)'} holds {n} file(s) no registry table claims "
+                                    f"(not ingested); draft its registry entry with: {discover_command(lake.landing, folder)}")
+            events += unclaimed_events(unclaimed, lake.landing)
         new_cursor = json.dumps({"pending_marks": {**last_ids, **marks}, "last_recorded": report.total,
                                  "duplicates": report.duplicates, "resumed": resumed, "stale": sorted(stale),
+                                 "unclaimed": unclaimed_mark,
                                  **({"listing": report.cursor.to_json()} if report.cursor else {})})
         context.log.info(
             f"landing {lake.landing.describe()} ({'full listing' if report.full_listing else 'listed after cursors'}, "
             f"{report.listed} objects): {report.total} new files "
             f"({len(report.unroutable)} unroutable, {report.identical} identical re-deliveries ignored, "
             f"{len(report.content_duplicates)} duplicates of other files, "
-            f"{report.rerouted} re-routed); tables pending: {len(pending)}; behind their landing zone: {len(stale)}"
+            f"{report.rerouted} re-routed); tables pending: {len(pending)}; behind their landing zone: {len(stale)}; "
+            f"folders no registry table claims: {len(unclaimed)}"
         )
         if not fresh:
             return SensorResult(skip_reason=SkipReason("no new files for on-arrival tables"), cursor=new_cursor,
@@ -187,6 +204,11 @@ def build_sqs_sensor(registry: Registry, *, running: bool = True, jobs: dict[str
                             asset_events=events)
 
     return sqs_sensor
+
+
+def _unclaimed_mark(folders: dict[str, int]) -> str:
+    """A short digest of the unclaimed folders (and their file counts) for the cursor."""
+    return hashlib.sha1(json.dumps(folders, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _ingest_jobs(registry: Registry) -> dict[str, UnresolvedAssetJobDefinition]:

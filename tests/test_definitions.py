@@ -63,6 +63,12 @@ DEMO_SNAPSHOT = {
     "landing/travel/hotels": _landing("hotels", "booking", "hotels"),
     "landing/travel/payments": _landing("payments", "billing", "payments", "csv"),
     "landing/travel/promotions": _landing("promotions", "booking", "promotions"),
+    "landing/unclaimed_folders": {
+        "group": "landing", "kinds": [], "op": "observe_unclaimed_landing_folders", "pools": [], "owners": [],
+        "checks": ["no_unclaimed_folders"], "tags": {}, "deps": [], "metadata": {},
+        "description": "Landing folders holding files that no registry table claims: they are recorded (as failed, unroutable) "
+                       "but not ingested. Each row names the `python -m lake_assets.discover` command that drafts its registry entry.",
+    },
     "source_aligned/travel/booking_status_history": _spec(
         "booking_status_history", "booking", "bookings_audit", "history", "audit_id", "(file, row)",
         "Every status change of a booking (append-only history of the bookings_audit table).",
@@ -135,7 +141,8 @@ def test_demo_registry_asset_specs_snapshot():
     assert snapshot(defs) == DEMO_SNAPSHOT
     graph = defs.resolve_asset_graph()
     tables = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith("source_aligned/")]
-    landing = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith("landing/")]
+    landing = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith("landing/travel/")]
+    assert graph.get(dg.AssetKey(["landing", "unclaimed_folders"])).is_observable  # one for the whole landing zone
     assert all(graph.get(k).is_materializable for k in tables)
     assert all(graph.get(k).is_observable and not graph.get(k).is_materializable for k in landing)
     (op,) = {graph.get(k).assets_def for k in tables}
@@ -260,7 +267,7 @@ def test_broken_files_with_the_same_name_in_two_directories_get_two_keys(tmp_pat
         (d / "crm.yaml").write_text("source: crm\ntables: [\n")
     defs = build_definitions(load_registry([a, b]), with_dbt=False)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"registry/crm", "registry/crm_2"}
+    assert keys == {"registry/crm", "registry/crm_2", "landing/unclaimed_folders"}
 
 
 def _run(code: str, env: dict[str, str]) -> str:
@@ -332,7 +339,7 @@ def test_a_lake_holds_only_its_own_sources_unless_asked(tmp_path, monkeypatch):
     assert {t.source for t in load_registry().tables} == {"shop"}
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"landing/shop/orders", "source_aligned/shop/orders", "registry/dbt_layers"}
+    assert keys == {"landing/shop/orders", "source_aligned/shop/orders", "registry/dbt_layers", "landing/unclaimed_folders"}
     node = defs.resolve_asset_graph().get(dg.AssetKey(["registry", "dbt_layers"]))
     assert "travel" in node.description and node.group_name == REGISTRY_ERRORS_GROUP
     monkeypatch.setenv("LAKE_BUILTIN_SOURCES", "true")

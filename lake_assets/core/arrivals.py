@@ -10,6 +10,7 @@ landing zone is listed once more, for what a cursor cannot see (see `ListingCurs
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lake_assets.core.cdc.dms import LandingKeyError, landing_folder, parse_landing_key
@@ -246,3 +247,31 @@ def _advanced(after: dict[str, str], listed: list[ListedObject], skipped: list[s
         if obj.key > out.get(f, ""):
             out[f] = obj.key
     return out
+
+
+def unclaimed_folders(keys: Iterable[str], registry: Registry) -> dict[str, int]:
+    """Landing folders holding files that no registry table claims, with their file counts: the
+    `<source>/<schema>/<table>/` folder of each key no table's folder is (a file above that depth:
+    its own folder). A source whose registry file is invalid is not unclaimed: its error says why
+    its files route nowhere. By folder, in order."""
+    claimed = set(registry.for_landing_folder())
+    broken = {e.source for e in registry.errors if e.source}
+    out: dict[str, int] = {}
+    for key in keys:
+        parts = key.strip("/").split("/")
+        if parts[0] in broken and len(parts) > 1:
+            continue
+        if len(parts) >= 4:
+            if (parts[0], parts[1], parts[2]) in claimed:
+                continue  # a claimed folder's misnamed file: routing says why, under its table
+            folder = "/".join(parts[:3]) + "/"
+        else:
+            folder = "/".join(parts[:-1]) + "/" if len(parts) > 1 else ""
+        out[folder] = out.get(folder, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def discover_command(landing: LandingZone, folder: str) -> str:
+    """The command that drafts a registry entry for a landing folder (lake_assets/discover.py)."""
+    root = landing.describe()
+    return f"python -m lake_assets.discover {root.rstrip('/')}/{folder}" if folder else f"python -m lake_assets.discover {root}"
