@@ -49,7 +49,7 @@ from pyiceberg.table.update.snapshot import _SnapshotProducer
 from lake_assets.core.cdc.deletes import _DeleteManifestWriter, partition_values
 from lake_assets.core.cdc.iceberg import BATCH_ID, conform, load_table
 from lake_assets.core.ledger import FileLedger
-from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.naming import tombstone_identifier
 from lake_assets.core.registry import MaintenanceSpec, TableConfig
 
 MAINTENANCE = "lake.maintenance"  # snapshot summary of a maintenance commit (never a lake batch)
@@ -346,7 +346,7 @@ def expire_sidecars(catalog: Catalog, table: TableConfig, spec: MaintenanceSpec,
     expired = [0, 0]
     for i, (identifier, column, days) in enumerate((
         (tombstone_identifier(table.source, table.name), DELETED_AT, table.tombstone_retention_days),
-        (quarantine_identifier(table.source, table.name), "quarantined_at", spec.quarantine_retention_days),
+        (table.quarantine_identifier, "quarantined_at", spec.quarantine_retention_days),
     )):
         tbl = load_table(catalog, identifier)
         if tbl is None or tbl.current_snapshot() is None:
