@@ -42,7 +42,7 @@ from lake_assets.core.cdc.dms import (
 from lake_assets.core.cdc.jsonrows import json_lines, records_table
 from lake_assets.core.naming import IDENTIFIER
 from lake_assets.core.registry import EventsSpec, TableConfig
-from lake_assets.core.types import arrow_type, cast_column
+from lake_assets.core.types import cast_column
 
 HOUR_FOLDERS = re.compile(r"[0-9]{4}/[0-9]{2}/[0-9]{2}/[0-9]{2}")
 GZ = ".gz"
