@@ -405,3 +405,42 @@ def test_the_materialization_reports_events_and_errors(tmp_path, monkeypatch):
     (md,) = [e.materialization.metadata for e in result.get_asset_materialization_events()
              if e.materialization.asset_key.to_user_string() == "source_aligned/clickstream/clicks"]
     assert (md["appended"].value, md["errors"].value, md["errors_table"].value) == (2, 1, ERRORS)
+
+
+PAYLOADS = {
+    "clean": [good("e1", 1, T0), good("e2", 2, T0, zone="+02:00")],
+    "extra fields": [json.dumps({"event_id": "e1", "user_id": 1, "event_time": "2026-11-21T10:00:00Z", "score": 1}),
+                     json.dumps({"event_id": "e2", "user_id": 2, "event_time": "2026-11-21T10:00:00.5+01:00", "score": 2.5, "flag": True})],
+    "required null or missing": [good("e1", 1, T0), json.dumps({"event_id": "e2", "user_id": None, "event_time": "2026-11-21T10:00:00Z"}),
+                                 json.dumps({"event_id": "e3", "event_time": "2026-11-21T10:00:00Z"})],
+    "bad values": [good("e1", 1, T0), json.dumps({"event_id": "e2", "user_id": 1, "event_time": "2026-11-21T10:00:00"}),
+                   json.dumps({"event_id": "e3", "user_id": 1.5, "event_time": "2026-11-21T10:00:00Z"})],
+    "CRLF": [good("e1", 1, T0) + "\r", good("e2", 1, T0) + "\r"],
+    "upper case and CRLF": [json.dumps({"Event_Id": "e1", "USER_ID": 7, "event_time": "2026-11-21T10:00:00Z"}) + "\r"],
+    "undeclared time text": [json.dumps({"event_id": "e1", "user_id": 1, "event_time": "2026-11-21T10:00:00Z", "at": "2026-11-21 10:00:00"})],
+    "nested": [json.dumps({"event_id": "e1", "user_id": 1, "event_time": "2026-11-21T10:00:00Z", "ctx": {"a": [1]}})],
+    "every line bad": ["{", "[]"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_the_arrow_reader_and_the_line_reader_give_the_same_rows_and_errors(tmp_path, name, monkeypatch):
+    """Clean files are read by Arrow at once; anything else line by line. Both must agree exactly."""
+    from lake_assets.core.cdc import events
+
+    table = lake_of(tmp_path).registry.get("clickstream", "clicks")
+    f = events.parse_key(firehose_key(0, 0, False))
+    data = ("\n".join(PAYLOADS[name]) + "\n").encode()
+    required = ("event_time", "event_id", "user_id")
+    took_arrow = events._read_clean("where", data, table, required) is not None
+    assert took_arrow == (name not in ("nested", "every line bad", "undeclared time text", "upper case and CRLF"))
+    fast = events.read_events_file(f, data, table)
+    monkeypatch.setattr(events, "_read_clean", lambda *args: None)
+    slow = events.read_events_file(f, data, table)
+    assert fast.table.sort_by(ROW_SORT).to_pylist() == slow.table.sort_by(ROW_SORT).to_pylist()
+    assert set(fast.table.schema.names) == set(slow.table.schema.names)
+    assert {f.name: f.type for f in fast.table.schema} == {f.name: f.type for f in slow.table.schema}
+    assert [(q.row, q.reason, q.raw) for q in fast.quarantined] == [(q.row, q.reason, q.raw) for q in slow.quarantined]
+
+
+ROW_SORT = [("_row", "ascending")]
