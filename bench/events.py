@@ -146,8 +146,9 @@ def main() -> None:
         print(f"{args.files} files x {args.events:,} events = {total:,} events, {size / 2**20:.1f} MiB gzipped "
               f"(written in {time.perf_counter() - t0:.1f}s)")
         warm = home / "warm-up"  # imports and first-use caches out of the figures: one small file through both paths
+        warm_files = write_files(warm / "landing", 1, 10)
         run_lake(warm)
-        run_plain(warm, write_files(warm / "landing", 1, 10))
+        run_plain(warm, warm_files)
         lake_s, lake_rows = run_lake(home)
         plain_s, plain_rows = run_plain(home, files)
         assert lake_rows == plain_rows == total, (lake_rows, plain_rows, total)
