@@ -415,6 +415,7 @@ PAYLOADS = {
                                  json.dumps({"event_id": "e3", "event_time": "2026-11-21T10:00:00Z"})],
     "bad values": [good("e1", 1, T0), json.dumps({"event_id": "e2", "user_id": 1, "event_time": "2026-11-21T10:00:00"}),
                    json.dumps({"event_id": "e3", "user_id": 1.5, "event_time": "2026-11-21T10:00:00Z"})],
+    "blank line": [good("e1", 1, T0), " ", good("e2", 1, T0)],
     "CRLF": [good("e1", 1, T0) + "\r", good("e2", 1, T0) + "\r"],
     "upper case and CRLF": [json.dumps({"Event_Id": "e1", "USER_ID": 7, "event_time": "2026-11-21T10:00:00Z"}) + "\r"],
     "undeclared time text": [json.dumps({"event_id": "e1", "user_id": 1, "event_time": "2026-11-21T10:00:00Z", "at": "2026-11-21 10:00:00"})],
@@ -433,7 +434,8 @@ def test_the_arrow_reader_and_the_line_reader_give_the_same_rows_and_errors(tmp_
     data = ("\n".join(PAYLOADS[name]) + "\n").encode()
     required = ("event_time", "event_id", "user_id")
     took_arrow = events._read_clean("where", data, table, required) is not None
-    assert took_arrow == (name not in ("nested", "every line bad", "undeclared time text", "upper case and CRLF"))
+    assert took_arrow == (name not in ("nested", "every line bad", "undeclared time text", "upper case and CRLF",
+                                       "blank line"))
     fast = events.read_events_file(f, data, table)
     monkeypatch.setattr(events, "_read_clean", lambda *args: None)
     slow = events.read_events_file(f, data, table)

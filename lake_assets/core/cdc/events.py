@@ -138,11 +138,9 @@ def _read_clean(where: str, data: bytes, table: TableConfig,
     """The common case at Arrow's speed: every line a JSON object of plain values under names the
     lake takes, no blank lines, every required field present somewhere. None: read line by line,
     which gives the same rows and finds the bad lines (the two agree: tests/test_events.py)."""
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
-    if not lines or any(not line.strip() for line in lines):
-        return None  # Arrow skips blank lines: its row numbers would not be line numbers
+    body = data[:-1] if data.endswith(b"\n") else data
+    if not body:
+        return None
     spec = _spec(table)
     # Text stays text (Arrow would read "2026-11-21 10:00:00" as a timestamp, the line reader as a string).
     strings = {c.name for c in table.columns or () if c.type == "string"}
@@ -153,7 +151,8 @@ def _read_clean(where: str, data: bytes, table: TableConfig,
             explicit_schema=pa.schema([(c, pa.string()) for c in sorted(strings)]), unexpected_field_behavior="infer"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError):
         return None  # a line that is not an object, not JSON, not UTF-8, or values of mixed types
-    if t.num_rows != len(lines) or not all(any(ok(f.type) for ok in _PLAIN_TYPES) for f in t.schema):
+    # Arrow skips blank lines: with one, its row numbers would not be line numbers.
+    if t.num_rows != body.count(b"\n") + 1 or not all(any(ok(f.type) for ok in _PLAIN_TYPES) for f in t.schema):
         return None
     try:
         t = t.rename_columns(column_names(where, t.column_names))
@@ -163,7 +162,14 @@ def _read_clean(where: str, data: bytes, table: TableConfig,
         return None
     t = t.select([c for c in t.column_names if c not in strings or c in required or pc.count(t.column(c)).as_py()])
     t = t.append_column(ROW, pa.array(range(1, t.num_rows + 1), pa.int64()))
-    return t, lambda number: lines[number - 1].rstrip(b"\r").decode("utf-8", errors="replace")
+    lines: list[bytes] = []  # split only when a line is shown (an error's raw text)
+
+    def text(number: int) -> str:
+        if not lines:
+            lines.extend(body.split(b"\n"))
+        return lines[number - 1].rstrip(b"\r").decode("utf-8", errors="replace")
+
+    return t, text
 
 
 def _without_missing(raw: pa.Table, required: tuple[str, ...], errors: list[QuarantinedRow],
