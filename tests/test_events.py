@@ -143,7 +143,7 @@ def test_only_the_firehose_layout_routes_to_an_events_table(tmp_path):
 # --- random histories against the oracle ---------------------------------------------------------
 
 BAD_LINES = {
-    "broken": lambda i: '{"event_id": "b%d", "user_id": ' % i,
+    "broken": lambda i: '{"event_id": "b' + str(i) + '", "user_id": ',
     "array": lambda i: f"[{i}, 2, 3]",  # every line differs: no two files are one content (a duplicate delivery)
     "scalar": lambda i: f'"just text {i}"',
     "no_user": lambda i: json.dumps({"event_id": f"b{i}", "event_time": "2026-11-21T10:00:00Z"}),

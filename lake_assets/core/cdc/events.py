@@ -65,7 +65,8 @@ def parse_key(key: str) -> SourceFile:
         raise LandingKeyError(f"{shown}: an event file lands as <source>/<schema>/<table>/YYYY/MM/DD/HH/<name>[.gz] "
                               "(Firehose's default prefix)")
     try:
-        dt.datetime(*(int(p) for p in rest[:4]))
+        year, month, day, hour = (int(p) for p in rest[:4])
+        dt.datetime(year, month, day, hour)
     except ValueError as e:
         raise LandingKeyError(f"{shown}: hour folders {'/'.join(rest[:4])} are not a calendar hour ({e})") from None
     name = rest[4]
@@ -101,7 +102,7 @@ def _read(where: str, f: SourceFile, data: bytes, table: TableConfig) -> FileCha
     else:
         raw, text = _read_lines(where, data, required, errors)
     raw = _with_event_time(raw, spec, errors, text)
-    raw = raw.append_column(OP, pa.array(["I"] * raw.num_rows, pa.string()))
+    raw = raw.append_column(OP, pa.repeat(pa.scalar("I", pa.string()), raw.num_rows))
     out = typed_changes(where, f, table, raw, [])
     # A value that does not fit its declared column is an error of its event: its raw line, as Firehose keeps it.
     errors += [QuarantinedRow(q.row, q.reason, text(q.row)) for q in out.quarantined]

@@ -1,6 +1,7 @@
 """Which reader a table's landed files go through, decided once from the registry's `format` and
-`load`: AWS DMS files (`dms`), Debezium change events (`debezium`), file drops (`drops`), event streams (`events`). Each
-reader turns one file into the same typed change rows; everything after that is the one pipeline."""
+`load`: AWS DMS files (`dms`), Debezium change events (`debezium`), file drops (`drops`), event
+streams (`events`). Each reader turns one file into the same typed change rows; everything after
+that is the one pipeline."""
 
 from __future__ import annotations
 
