@@ -446,3 +446,50 @@ def test_the_arrow_reader_and_the_line_reader_give_the_same_rows_and_errors(tmp_
 
 
 ROW_SORT = [("_row", "ascending")]
+
+
+def test_an_s3_landing_zone_deletes_an_expired_file_only_while_its_content_is_the_merged_one(monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from lake_assets.core.landing import S3LandingZone
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+        s3.create_bucket(Bucket="landing")
+        zone = S3LandingZone("landing", "raw/", s3)
+        key = firehose_key(0, 0, True)
+        etag = s3.put_object(Bucket="landing", Key="raw/" + key, Body=b"merged")["ETag"].strip('"')
+        s3.put_object(Bucket="landing", Key="raw/" + key, Body=b"a new version")
+        assert zone.delete(key, etag) is False and [o.key for o in zone.list()] == [key]
+        assert zone.delete(key, zone.checksum(key)) is True and list(zone.list()) == []
+        with pytest.raises(FileNotFoundError):
+            zone.delete(key, etag)
+    finally:
+        server.stop()
+
+
+def test_the_sources_maintenance_job_expires_raw_files_and_reports_them(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from lake_assets.definitions import build_definitions
+
+    monkeypatch.setenv("LAKE_HOME", str(tmp_path))
+    monkeypatch.setenv("LAKE_SOURCES_DIR", str(tmp_path / "sources"))
+    lake = lake_of(tmp_path, EXAMPLE.read_text().replace("raw_retention_days: 7", "raw_retention_days: 0"))
+    key = firehose_key(0, 0, True)
+    land(lake, key, [good("e1", 1, T0)])
+    merge(lake)
+    defs = build_definitions(lake.registry, with_dbt=False)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("maintain_clickstream").execute_in_process(instance=instance)
+        assert result.success
+        [obs] = [e.asset_observation_data.asset_observation for e in result.all_events
+                 if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
+    assert obs.metadata["raw_files_expired"].value == 1 and not (lake.landing / key).exists()
+    assert [e[0] for e in events_in_lake(lake)] == ["e1"]
