@@ -207,6 +207,9 @@ def merge_table(context, table: TableConfig, lake: LakeResource, checks: set[str
     if run.busy:
         metadata["busy"] = MetadataValue.text(run.busy)
     metadata["batches"] = MetadataValue.int(len(results))
+    if table.load == "events":  # an event stream's bad events: the count above, and where they are
+        metadata["errors"] = MetadataValue.int(totals["quarantined"])
+        metadata["errors_table"] = MetadataValue.text(table.quarantine_identifier)
     metadata |= table_metadata(tbl, table.identifier, table=table)
     if tbl is not None:  # files, snapshots, metadata size: plotted over time, maintenance keeps them bounded
         from lake_assets.core.maintenance import summary_health  # from the summary: no manifest read per merge

@@ -69,7 +69,7 @@ def build_maintenance_job(source: str, tables: list[TableConfig]) -> JobDefiniti
             try:
                 engine = engine_for(table, context) if table.engine == "spark" else None  # Iceberg's procedures
                 report = maintain(lake.catalog, lake.ledger, table, lock_wait_seconds=lake.settings.lock_wait_seconds,
-                                  engine=engine)
+                                  engine=engine, landing=lake.landing)
             except Exception as e:  # noqa: BLE001 - one table's failure never stops the others
                 context.log.error(f"{table.identifier}: maintenance failed: {e}")
                 failures.append(f"{table.identifier}: {e}")
@@ -82,7 +82,9 @@ def build_maintenance_job(source: str, tables: list[TableConfig]) -> JobDefiniti
                 f"{report.delete_files_removed} delete files, manifests {report.manifests_before} -> {report.manifests_after}, "
                 f"expired {report.snapshots_expired} snapshots ({report.batches_kept} batch records kept in the ledger), "
                 f"removed {report.orphans_removed} orphan files, expired {report.tombstones_expired} tombstones and "
-                f"{report.quarantine_expired} quarantined rows in {report.seconds:.1f}s")
+                f"{report.quarantine_expired} quarantined rows"
+                + (f", deleted {report.raw_files_expired} raw event files past their retention" if report.raw_files_expired else "")
+                + f" in {report.seconds:.1f}s")
             metadata: dict[str, Any] = {k: MetadataValue.int(v) for k, v in report.counts().items()}
             metadata |= health_metadata(report.before, "before_") | health_metadata(report.after)
             metadata["seconds"] = MetadataValue.float(round(report.seconds, 2))
@@ -93,7 +95,7 @@ def build_maintenance_job(source: str, tables: list[TableConfig]) -> JobDefiniti
 
     @job(name=maintenance_job_name(source), executor_def=in_process_executor, tags={"lake/source": source},
          description=f"Maintenance of source {source}'s tables: compaction, manifest rewrite, snapshot and orphan "
-                     "expiry, tombstone and quarantine expiry (tag lake/maintain_tables selects tables)")
+                     "expiry, tombstone and quarantine expiry, raw event file expiry (tag lake/maintain_tables selects tables)")
     def _job() -> None:
         _maintain()
 

@@ -70,6 +70,7 @@ def test_the_example_registry_files_load_and_are_the_readmes():
         "partners.hotels": ("csv", "snapshot", "current", True),
         "partners.clicks": ("jsonl", "append", "history", False),
         "partners.rates": ("parquet", "upsert", "current", False),
+        "clickstream.clicks": ("jsonl", "events", "history", False),
     }
     readme = (REPO_ROOT / "README.md").read_text()
     for f in sorted(EXAMPLES.glob("*.yaml")):

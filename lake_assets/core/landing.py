@@ -53,6 +53,12 @@ class LandingZone(Protocol):
         FileNotFoundError when it is gone."""
         ...
 
+    def delete(self, key: str, checksum: str) -> bool:
+        """Delete a merged file whose retention ran out (an event stream's raw backup) when its
+        content still has `checksum`; False when it changed since (a new version is landing under
+        its key: it is merged, and expires, in its own time). FileNotFoundError when it is gone."""
+        ...
+
 
 class LocalLandingZone:
     # A directory walk costs the same with or without a cursor, and a local file can be rewritten in
@@ -101,6 +107,12 @@ class LocalLandingZone:
         os.replace(self.root / key, target)  # a rename: the file is in one place or the other
         return str(target)
 
+    def delete(self, key: str, checksum: str) -> bool:
+        if self.checksum(key) != checksum:
+            return False
+        (self.root / key).unlink()
+        return True
+
     def checksum(self, key: str) -> str:
         h = hashlib.md5(usedforsecurity=False)
         with open(self.root / key, "rb") as f:
@@ -144,14 +156,24 @@ class S3LandingZone:
     def checksum(self, key: str) -> str:
         return self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ETag"].strip('"')
 
-    def archive(self, key: str, checksum: str) -> str | None:
-        source = self.prefix + key
+    def _head(self, source: str) -> dict:
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=source)
+            return dict(self.client.head_object(Bucket=self.bucket, Key=source))
         except self.client.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise FileNotFoundError(f"s3://{self.bucket}/{source}") from None
             raise
+
+    def delete(self, key: str, checksum: str) -> bool:
+        source = self.prefix + key
+        if self._head(source)["ETag"].strip('"') != checksum:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=source)
+        return True
+
+    def archive(self, key: str, checksum: str) -> str | None:
+        source = self.prefix + key
+        head = self._head(source)
         if head["ETag"].strip('"') != checksum:
             return None
         target = f"{self.prefix}{ARCHIVE_FOLDER}/{key}"

@@ -15,7 +15,10 @@ is undone), one run:
   still proves every committed batch;
 - **removes orphan files**: files under the table's location that no remaining snapshot or
   metadata file references, older than `orphan_age_hours`;
-- **expires tombstones and quarantined rows** past their retention, and the sidecars' snapshots.
+- **expires tombstones and quarantined rows** past their retention, and the sidecars' snapshots;
+- **expires raw event files** (`load: events`, `events.raw_retention_days`): merged files that
+  arrived longer ago than the retention are deleted from the landing zone, and the ledger records
+  it (`landed_files.archived_to`); failed or unmerged files are never touched.
 
 pyiceberg 0.12 has no compaction: the rewrite is a snapshot written here on pyiceberg's own
 snapshot-producer path (`_Rewrite`). Nothing runs while the table has an unfinished batch (it is
@@ -49,8 +52,9 @@ from pyiceberg.table.update.snapshot import _SnapshotProducer
 
 from lake_assets.core.cdc.deletes import _DeleteManifestWriter, partition_values
 from lake_assets.core.cdc.iceberg import BATCH_ID, conform, load_table
-from lake_assets.core.ledger import FileLedger
-from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.landing import LandingZone
+from lake_assets.core.ledger import COMMITTED, DUPLICATE, QUARANTINED, FileLedger
+from lake_assets.core.naming import tombstone_identifier
 from lake_assets.core.registry import MaintenanceSpec, TableConfig
 
 MAINTENANCE = "lake.maintenance"  # snapshot summary of a maintenance commit (never a lake batch)
@@ -135,6 +139,7 @@ class MaintenanceReport:
     orphans_removed: int = 0
     tombstones_expired: int = 0
     quarantine_expired: int = 0
+    raw_files_expired: int = 0
     seconds: float = 0.0
     before: Health = field(default_factory=Health)
     after: Health = field(default_factory=Health)
@@ -361,7 +366,7 @@ def expire_sidecars(catalog: Catalog, table: TableConfig, spec: MaintenanceSpec,
     expired = [0, 0]
     for i, (identifier, column, days) in enumerate((
         (tombstone_identifier(table.source, table.name), DELETED_AT, table.tombstone_retention_days),
-        (quarantine_identifier(table.source, table.name), "quarantined_at", spec.quarantine_retention_days),
+        (table.quarantine_identifier, "quarantined_at", spec.quarantine_retention_days),
     )):
         tbl = load_table(catalog, identifier)
         if tbl is None or tbl.current_snapshot() is None:
@@ -378,6 +383,42 @@ def expire_sidecars(catalog: Catalog, table: TableConfig, spec: MaintenanceSpec,
         tbl = tbl.refresh()
         expire_snapshots(tbl, spec, now)
     return expired[0], expired[1]
+
+
+EXPIRED = "expired"  # how the ledger's archived_to starts for a raw file deleted after its retention
+
+
+def expire_raw_files(ledger: FileLedger, landing: LandingZone, table: TableConfig, now: dt.datetime,
+                     log: Callable[[str], None] = lambda msg: None) -> int:
+    """Delete an event table's raw landed files whose retention ran out: only the newest version of a
+    key, only when the ledger says it is merged (committed, quarantined into the errors table, or a
+    duplicate of merged content) and only while its content is the one merged. The ledger keeps
+    each file's row, so a re-delivery of the same content is still known (not merged twice).
+    Returns the number of files deleted."""
+    days = table.events.raw_retention_days if table.events is not None else None
+    if days is None:
+        return 0
+    cutoff = now - dt.timedelta(days=days)
+    entries = ledger.entries(table.identifier)
+    newest: dict[str, int] = {}
+    for e in entries:
+        newest[e.key] = max(newest.get(e.key, 0), e.file_version)
+    expired = 0
+    for e in entries:
+        if (e.archived_to is not None or e.status not in (COMMITTED, QUARANTINED, DUPLICATE)
+                or e.file_version != newest[e.key] or dt.datetime.fromisoformat(e.arrived_at) >= cutoff):
+            continue
+        when = now.astimezone(dt.UTC).isoformat(timespec="seconds")
+        try:
+            if not landing.delete(e.key, e.checksum):
+                continue  # new content under the key: it is merged, and expires, as a new version
+            note = f"{EXPIRED} {when}: deleted from {landing.describe()} after raw_retention_days {days}"
+            expired += 1
+        except FileNotFoundError:
+            note = f"{EXPIRED} {when}: already gone from {landing.describe()}"
+        ledger.record_archived(e.id, note)
+        log(f"{table.identifier}: {e.key}: {note}")
+    return expired
 
 
 def expirable(tbl: Table, spec: MaintenanceSpec, now: dt.datetime) -> list:
@@ -417,9 +458,11 @@ def _maintain_with_spark(engine: Any, catalog: Catalog, ledger: FileLedger, tabl
 
 
 def maintain(catalog: Catalog, ledger: FileLedger, table: TableConfig, *, now: dt.datetime | None = None,
-             lock_wait_seconds: float = 30.0, spec: MaintenanceSpec | None = None, engine: Any = None) -> MaintenanceReport:
+             lock_wait_seconds: float = 30.0, spec: MaintenanceSpec | None = None, engine: Any = None,
+             landing: LandingZone | None = None) -> MaintenanceReport:
     """One maintenance run of a table, under its merge lock. `engine`: the table's Spark engine when
-    it has `engine: spark` (its procedures do the work); None: in process."""
+    it has `engine: spark` (its procedures do the work); None: in process. `landing`: where an event
+    table's raw files expire (None: they are left alone)."""
     started = time.perf_counter()
     now = now or dt.datetime.now(dt.UTC)
     spec = spec or table.maintenance
@@ -436,6 +479,8 @@ def maintain(catalog: Catalog, ledger: FileLedger, table: TableConfig, *, now: d
         if engine is not None and hasattr(engine, "maintain"):
             _maintain_with_spark(engine, catalog, ledger, table, tbl, spec, now, report)
             report.tombstones_expired, report.quarantine_expired = expire_sidecars(catalog, table, spec, now)
+            if landing is not None:
+                report.raw_files_expired = expire_raw_files(ledger, landing, table, now)
             report.after = table_health(tbl.refresh(), spec)
             report.seconds = time.perf_counter() - started
             return report
@@ -446,6 +491,8 @@ def maintain(catalog: Catalog, ledger: FileLedger, table: TableConfig, *, now: d
             tbl, spec, now, keep_batches=lambda records: ledger.keep_batches(table.identifier, records))
         report.orphans_removed = remove_orphans(tbl, spec, now)
         report.tombstones_expired, report.quarantine_expired = expire_sidecars(catalog, table, spec, now)
+        if landing is not None:
+            report.raw_files_expired = expire_raw_files(ledger, landing, table, now)
         report.after = table_health(tbl, spec)
     report.seconds = time.perf_counter() - started
     return report

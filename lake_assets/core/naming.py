@@ -10,6 +10,7 @@ IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 # Sibling tables the lake keeps next to each source-aligned table, in the source's namespace.
 TOMBSTONE_SUFFIX = "__tombstones"
 QUARANTINE_SUFFIX = "__quarantine"
+ERRORS_SUFFIX = "__errors"  # an event stream's bad events (its quarantine, named as Firehose's error output)
 
 
 class NamingError(ValueError):
@@ -48,6 +49,10 @@ def tombstone_identifier(source: str, table: str) -> str:
 
 def quarantine_identifier(source: str, table: str) -> str:
     return f"{source}.{table}{QUARANTINE_SUFFIX}"
+
+
+def errors_identifier(source: str, table: str) -> str:
+    return f"{source}.{table}{ERRORS_SUFFIX}"
 
 
 def source_pool(source: str) -> str:

@@ -23,10 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from lake_assets.core import naming
 from lake_assets.core.naming import (
+    ERRORS_SUFFIX,
     QUARANTINE_SUFFIX,
     TOMBSTONE_SUFFIX,
     NamingError,
     check_identifier,
+    errors_identifier,
+    quarantine_identifier,
     source_aligned_key,
     table_identifier,
 )
@@ -39,12 +42,14 @@ TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[\d+\]|trunc
 
 # What the landed files are. With `load: cdc` (the default): AWS DMS files (`parquet`, `csv`) or
 # Debezium change events (`debezium`); with `load: snapshot | append | upsert`: file drops of plain
-# rows (`csv`, `json` (one array or object per file), `jsonl`, `parquet`), each optionally zipped.
+# rows (`csv`, `json` (one array or object per file), `jsonl`, `parquet`), each optionally zipped;
+# with `load: events`: newline-delimited JSON events as Kinesis Data Firehose writes them (`jsonl`).
 Format = Literal["parquet", "csv", "debezium", "json", "jsonl"]
 # How a file's rows change the table: `cdc` files carry changes (an op per row); a `snapshot` file is
 # the whole table (the newest file wins, rows absent from it are deleted); `append` files are
-# appended (mode history); `upsert` files are keyed inserts-or-updates.
-Load = Literal["cdc", "snapshot", "append", "upsert"]
+# appended (mode history); `upsert` files are keyed inserts-or-updates; `events` files are appended
+# (mode history) to a table partitioned by an event time, bad events going to `<table>__errors`.
+Load = Literal["cdc", "snapshot", "append", "upsert", "events"]
 DROP_FORMATS = ("csv", "json", "jsonl", "parquet")
 Mode = Literal["current", "history", "scd2"]
 Engine = Literal["inprocess", "spark"]
@@ -99,6 +104,36 @@ class PartitionField(_Strict):
         if not TRANSFORM.match(v):
             raise ValueError(f"unknown partition transform {v!r}; use identity, year, month, day, hour, bucket[N], truncate[N]")
         return v
+
+
+class EventsSpec(_Strict):
+    """An event stream's table (`load: events`, lake_assets/core/cdc/events.py): which field is the
+    event time the table is partitioned by, which fields an event must have, and how long the raw
+    landed files are kept once merged (the raw backup)."""
+
+    time_field: str
+    partition: Literal["day", "hour"] = "day"  # day(time_field) or hour(time_field)
+    # How the time field's values read: ISO 8601 text with a zone (Z or +hh:mm; a time without a zone
+    # is ambiguous, so an error), or epoch numbers.
+    time_format: Literal["iso8601", "epoch_seconds", "epoch_millis"] = "iso8601"
+    required: tuple[str, ...] = ()  # besides the time field and the primary key, which always are
+    raw_retention_days: int | None = Field(default=30, ge=0)  # None: landed files are kept for ever
+
+    @field_validator("time_field")
+    @classmethod
+    def _time_field(cls, v: str) -> str:
+        return check_identifier(v, "events.time_field")
+
+    @field_validator("required")
+    @classmethod
+    def _required(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:
+            check_identifier(c, "events.required field")
+        return v
+
+    @property
+    def partition_field(self) -> PartitionField:
+        return PartitionField(column=self.time_field, transform=self.partition)
 
 
 class CsvOptions(_Strict):
@@ -257,16 +292,44 @@ def _format_load_problem(t: Any) -> str | None:
             return f"field mode: load snapshot keeps the table equal to the newest file: it needs mode current (mode is {t.mode})"
         if t.sequence_by is not None:
             return "field sequence_by: load snapshot orders files by name and version: the newest file is the table"
-    if t.load == "append" and t.mode != "history":
-        return f"field mode: load append appends every row once: it needs mode history (mode is {t.mode})"
+    if t.load in ("append", "events") and t.mode != "history":
+        return f"field mode: load {t.load} appends every row once: it needs mode history (mode is {t.mode})"
+    problem = _events_problem(t)
+    if problem:
+        return problem
     if t.allow_empty_snapshot and t.load != "snapshot":
         return f"field allow_empty_snapshot: only a load snapshot table has snapshot files (load is {t.load})"
     return None
 
 
+def _events_problem(t: Any) -> str | None:
+    """What `load: events` needs: JSON Lines files, an `events:` block, the partition it derives."""
+    if t.load != "events":
+        return f"field events: only a load events table has an events block (load is {t.load})" if t.events else None
+    if t.format != "jsonl":
+        return f"field format: load events reads newline-delimited JSON events: it needs format jsonl (format is {t.format})"
+    if t.events is None:
+        return "field events: load events needs an events block with at least time_field (the event time it is partitioned by)"
+    if t.sequence_by is not None:
+        return "field sequence_by: events are appended in file order (path, then version, then line): declare no sequence_by"
+    if tuple(t.partition_by) != (t.events.partition_field,):
+        return ("field partition_by: an events table is partitioned by events.partition of events.time_field; "
+                "declare no partition_by")
+    if t.columns is not None:
+        declared = {c.name: c.type for c in t.columns}
+        missing = [c for c in (t.events.time_field, *t.events.required) if c not in declared]
+        if missing:
+            return f"field events: field(s) {missing} are not in columns"
+        kind = declared[t.events.time_field]
+        if kind != "timestamptz":
+            return (f"field events.time_field: column {t.events.time_field!r} has type {kind}; the event time is "
+                    "stored as timestamptz (declare it so, or leave it out of columns)")
+    return None
+
+
 def _table_name(v: str) -> str:
     check_identifier(v, "table name")
-    if v.endswith(TOMBSTONE_SUFFIX) or v.endswith(QUARANTINE_SUFFIX):
+    if v.endswith(TOMBSTONE_SUFFIX) or v.endswith(QUARANTINE_SUFFIX) or v.endswith(ERRORS_SUFFIX):
         raise ValueError(f"table name {v!r} is reserved for the lake's own tables")
     return v
 
@@ -394,6 +457,7 @@ class TableSpec(_TableRules):
     except_columns: tuple[str, ...] = ()
     include_columns: tuple[str, ...] | None = None
     maintenance: MaintenanceSpec | None = None
+    events: EventsSpec | None = None  # load events: the event time, required fields, raw retention
 
 
 class SourceSpec(_Strict):
@@ -447,6 +511,7 @@ class TableConfig(_TableRules):
     except_columns: tuple[str, ...] = ()  # source columns that never land in the table
     include_columns: tuple[str, ...] | None = None  # when set, only these (and the key and sequence) land
     maintenance: MaintenanceSpec = MaintenanceSpec()
+    events: EventsSpec | None = None  # load events only
 
     @field_validator("source")
     @classmethod
@@ -488,6 +553,14 @@ class TableConfig(_TableRules):
     @property
     def identifier(self) -> str:
         return table_identifier(self.source, self.name)
+
+    @property
+    def quarantine_identifier(self) -> str:
+        """Where the table's bad rows go: `<table>__errors` for an event stream (Firehose's error
+        output), `<table>__quarantine` for every other table. Same columns, same writes."""
+        if self.load == "events":
+            return errors_identifier(self.source, self.name)
+        return quarantine_identifier(self.source, self.name)
 
     @property
     def asset_key_path(self) -> list[str]:
@@ -620,7 +693,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                     primary_key=t.primary_key,
                     sequence_by=t.sequence_by,
                     columns=t.columns,
-                    partition_by=t.partition_by,
+                    partition_by=(t.events.partition_field,) if t.events and not t.partition_by else t.partition_by,
                     pii=t.pii,
                     format=pick("format"),
                     load=pick("load"),
@@ -640,6 +713,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                     except_columns=t.except_columns,
                     include_columns=t.include_columns,
                     maintenance=pick("maintenance"),
+                    events=t.events,
                 )
             )
         except ValidationError as e:  # a rule of the table with its source defaults applied

@@ -1,10 +1,11 @@
 """Which reader a table's landed files go through, decided once from the registry's `format` and
-`load`: AWS DMS files (`dms`), Debezium change events (`debezium`), file drops (`drops`). Each
-reader turns one file into the same typed change rows; everything after that is the one pipeline."""
+`load`: AWS DMS files (`dms`), Debezium change events (`debezium`), file drops (`drops`), event
+streams (`events`). Each reader turns one file into the same typed change rows; everything after
+that is the one pipeline."""
 
 from __future__ import annotations
 
-from lake_assets.core.cdc import debezium, drops
+from lake_assets.core.cdc import debezium, drops, events
 from lake_assets.core.cdc.dms import FileChanges, SourceFile, parse_landing_key, read_dms_file
 from lake_assets.core.registry import TableConfig
 
@@ -13,6 +14,8 @@ def parse_table_key(key: str, table: TableConfig) -> SourceFile:
     """The file a key names, by the rules of its table's format; LandingKeyError when it is not one."""
     if table.format == "debezium":
         return debezium.parse_key(key)
+    if table.load == "events":
+        return events.parse_key(key)
     if table.load != "cdc":
         return drops.parse_key(key, table.format)
     return parse_landing_key(key)
@@ -22,6 +25,8 @@ def read_file(f: SourceFile, data: bytes, table: TableConfig) -> FileChanges:
     """One landed file's typed change rows (bad rows set aside); FileReadError when it cannot be read."""
     if table.format == "debezium":
         return debezium.read_debezium_file(f, data, table)
+    if table.load == "events":
+        return events.read_events_file(f, data, table)
     if table.load != "cdc":
         return drops.read_drop_file(f, data, table)
     return read_dms_file(f, data, table)

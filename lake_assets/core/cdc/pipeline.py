@@ -115,8 +115,8 @@ def with_lake_columns(changes: pa.Table, batch_id: str, now: dt.datetime) -> pa.
     n = changes.num_rows
     out = changes.drop_columns([c for c in (OP, FILE, ROW) if c in changes.column_names])
     out = out.append_column(LAKE_OP, changes.column(OP))
-    out = out.append_column(BATCH, pa.array([batch_id] * n, pa.string()))
-    return out.append_column(INGESTED_AT, pa.array([now] * n, TS))
+    out = out.append_column(BATCH, pa.repeat(pa.scalar(batch_id, pa.string()), n))  # one value: no Python list of n
+    return out.append_column(INGESTED_AT, pa.repeat(pa.scalar(now, TS), n))
 
 
 def history_rows(changes: pa.Table, batch_id: str, now: dt.datetime) -> pa.Table:

@@ -43,7 +43,6 @@ from lake_assets.core.ledger import (
     TableBusy,
     TableLock,
 )
-from lake_assets.core.naming import quarantine_identifier
 from lake_assets.core.registry import TableConfig
 
 COMMIT_ATTEMPTS = 3  # an Iceberg commit conflict (another writer committed first) is retried
@@ -356,6 +355,6 @@ class _BatchRunner:
             if rows == 0:
                 out[key] = f"{key}: file has no rows; nothing to merge"
             elif quarantined == rows:
-                out[key] = f"{key}: all {rows} rows quarantined to {quarantine_identifier(self.table.source, self.table.name)}"
+                out[key] = f"{key}: all {rows} rows quarantined to {self.table.quarantine_identifier}"
         return out
 

@@ -20,7 +20,7 @@ from pyiceberg.expressions import AlwaysTrue, EqualTo
 from lake_assets.core.cdc.batch import SEQ
 from lake_assets.core.cdc.dms import QuarantinedRow
 from lake_assets.core.cdc.iceberg import BATCH_ID, batch_summary, committed_batches, conform, load_or_create, load_table
-from lake_assets.core.naming import quarantine_identifier, tombstone_identifier
+from lake_assets.core.naming import tombstone_identifier
 from lake_assets.core.registry import TableConfig
 
 DELETED_AT = "_lake_deleted_at"
@@ -48,7 +48,7 @@ def write_quarantine(
 ) -> int:
     if not rows:
         return 0
-    tbl = load_or_create(catalog, quarantine_identifier(table.source, table.name), QUARANTINE_SCHEMA)
+    tbl = load_or_create(catalog, table.quarantine_identifier, QUARANTINE_SCHEMA)
     if batch_id in committed_batches(tbl):
         return len(rows)
     versions = versions or {}
@@ -185,7 +185,7 @@ def rollback_sidecars(catalog: Catalog, table: TableConfig, batch_id: str) -> li
                 warnings.simplefilter("ignore", UserWarning)
                 tomb.delete(AlwaysTrue(), snapshot_properties=batch_summary(f"rollback-{batch_id}", [], {}))
         undone.append(f"tombstones written by batch {batch_id}")
-    quarantine = load_table(catalog, quarantine_identifier(table.source, table.name))
+    quarantine = load_table(catalog, table.quarantine_identifier)
     if quarantine is not None and batch_id in committed_batches(quarantine):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -197,6 +197,6 @@ def rollback_sidecars(catalog: Catalog, table: TableConfig, batch_id: str) -> li
 
 
 def drop_sidecars(catalog: Catalog, table: TableConfig) -> None:
-    for identifier in (tombstone_identifier(table.source, table.name), quarantine_identifier(table.source, table.name)):
+    for identifier in (tombstone_identifier(table.source, table.name), table.quarantine_identifier):
         if load_table(catalog, identifier) is not None:
             catalog.drop_table(identifier)
