@@ -214,8 +214,9 @@ def _expected_principal(p: str) -> str:
 
 def test_dbt_compiles_for_athena_on_the_stacks_names(deployed, tmp_path):
     """`dbt compile --target athena` of dbt_project with the code location's environment: offline
-    (`--no-populate-cache`: dbt-athena lists no Glue schema; every AWS endpoint points at a closed
-    port, so a call would fail), into the databases the stack created, with the filters the stack plans."""
+    (`--no-populate-cache`: dbt-athena lists no Glue schema), into the databases the stack created,
+    with the filters the stack plans. Every AWS endpoint points at a closed port: without the flag
+    the same compile calls Glue and fails there (EndpointConnectionError, exit 2)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBT_", "LAKE_", "AWS_"))}
     env |= {**deployed.env, **MOTO_CREDENTIALS, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "LAKE_HOME": str(tmp_path / "lake"),
             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
