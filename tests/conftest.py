@@ -7,6 +7,7 @@ import pytest
 from hypothesis import Phase, settings
 
 from lake_assets.core.settings import current_settings
+from tests.aws_fixtures import applied, filters_plan, moto_endpoint, pg_server, tf_env  # noqa: F401  (shared, session-scoped)
 
 settings.register_profile("default", settings.get_profile("default"))
 settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -177,27 +178,19 @@ def test_a_refused_post_raises_without_the_token(settings, slack):
     assert TOKEN not in str(info.value)
 
 
-def test_token_from_secrets_manager(tmp_path, slack, monkeypatch):
+def test_token_from_secrets_manager(tmp_path, slack, monkeypatch, moto_endpoint):
     """LAKE_SLACK_TOKEN_SECRET_ID: the token is read from Secrets Manager (moto's server stands in)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-            monkeypatch.setenv(k, v)
-        boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1").create_secret(
-            Name="lake/slack-token", SecretString=TOKEN)
-        settings = LakeSettings.from_env({
-            "LAKE_ENV": "aws", "LAKE_HOME": str(tmp_path), "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-            "LAKE_WAREHOUSE_URI": "s3://w/warehouse", "LAKE_LANDING_BUCKET": "landing", "LAKE_LEDGER_DSN": "host=127.0.0.1",
-            "LAKE_SLACK_TOKEN_SECRET_ID": "lake/slack-token", "LAKE_SLACK_API_URL": slack.url})
-        post_message(settings, "from the secret")
-    finally:
-        server.stop()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    name = f"lake/slack-token-{uuid.uuid4().hex[:6]}"  # moto's server is the session's: a name of this test's own
+    boto3.client("secretsmanager", endpoint_url=moto_endpoint, region_name="us-east-1").create_secret(Name=name, SecretString=TOKEN)
+    settings = LakeSettings.from_env({
+        "LAKE_ENV": "aws", "LAKE_HOME": str(tmp_path), "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint,
+        "LAKE_WAREHOUSE_URI": "s3://w/warehouse", "LAKE_LANDING_BUCKET": "landing", "LAKE_LEDGER_DSN": "host=127.0.0.1",
+        "LAKE_SLACK_TOKEN_SECRET_ID": name, "LAKE_SLACK_API_URL": slack.url})
+    post_message(settings, "from the secret")
     assert [p["authorization"] for p in slack.posts] == [f"Bearer {TOKEN}"]
 
 

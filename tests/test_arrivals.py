@@ -107,26 +107,19 @@ def test_content_duplicates_and_identical_redeliveries_are_reported(lake):
     assert ledger.claim(ORDERS)[1][0].key == A and ledger.claim(ORDERS)[1] == []
 
 
-def test_s3_objects_report_their_last_modified_time(monkeypatch):
+def test_s3_objects_report_their_last_modified_time(monkeypatch, moto_endpoint):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        bucket = f"landing-{uuid.uuid4().hex[:8]}"  # moto's state is per process: other tests' buckets live on
-        s3.create_bucket(Bucket=bucket)
-        s3.put_object(Bucket=bucket, Key=f"dms/{A}", Body=b"a")
-        head = s3.head_object(Bucket=bucket, Key=f"dms/{A}")
-        [obj] = S3LandingZone(bucket, "dms", s3).list()
-        assert (obj.key, obj.modified) == (A, head["LastModified"].timestamp())
-        assert abs(obj.modified - dt.datetime.now(dt.UTC).timestamp()) < 60
-    finally:
-        server.stop()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    bucket = f"landing-{uuid.uuid4().hex[:8]}"  # moto's server is the session's: other tests' buckets live on
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key=f"dms/{A}", Body=b"a")
+    head = s3.head_object(Bucket=bucket, Key=f"dms/{A}")
+    [obj] = S3LandingZone(bucket, "dms", s3).list()
+    assert (obj.key, obj.modified) == (A, head["LastModified"].timestamp())
+    assert abs(obj.modified - dt.datetime.now(dt.UTC).timestamp()) < 60
 
 
 def test_a_local_landing_zone_is_listed_whole_even_with_a_cursor(lake):

@@ -8,63 +8,20 @@ the data cells filters and LF-tag grants are still checked in the saved plan aga
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
-import uuid
-from pathlib import Path
 from urllib.parse import unquote_plus
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from lake_assets.core import governance, infra_codegen
 from lake_assets.core.registry import load_registry
-
-REPO = Path(__file__).resolve().parents[1]
-INFRA = REPO / "infra"
-PLUGIN_DIR = Path(os.environ.get("LAKE_TF_PLUGIN_DIR", "/opt/tf-plugins"))
-TERRAFORM = shutil.which("terraform")
-# moto has no CreateApplication for this release label, nor ListPermissions on LF tags (README).
-MOTO_VARS = ["-var", "enable_emr_serverless=false", "-var", "enable_lf_tag_grants=false"]
-MOTO_SERVICES = ("s3", "sqs", "kms", "glue", "iam", "sts", "secretsmanager", "athena", "emrserverless",
-                 "lakeformation", "cloudwatchlogs")
-
-needs_terraform = pytest.mark.skipif(TERRAFORM is None, reason="no terraform binary on PATH (the machines have 1.11 at /usr/local/bin)")
+from tests.aws_fixtures import INFRA, TERRAFORM, needs_terraform, plain_http_allowed, tf, tf_workdir
 
 
 def _policy():
     return governance.load_validated_policy(registry=load_registry())
-
-
-def _tf(workdir: Path, *args: str, env: dict[str, str], timeout: float = 480) -> subprocess.CompletedProcess:
-    proc = subprocess.run([TERRAFORM, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"terraform {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
-@pytest.fixture(scope="module")
-def tf_env(tmp_path_factory):
-    """An offline Terraform: the provider from the local mirror, no CLI config, no network."""
-    if TERRAFORM is None:
-        pytest.skip("no terraform binary on PATH")
-    if not (PLUGIN_DIR / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
-        pytest.skip(f"no offline hashicorp/aws provider mirror at {PLUGIN_DIR} (LAKE_TF_PLUGIN_DIR)")
-    root = tmp_path_factory.mktemp("terraform")
-    (root / "cli.tfrc").write_text("")
-    return {**os.environ, "TF_CLI_CONFIG_FILE": str(root / "cli.tfrc"), "TF_IN_AUTOMATION": "1",
-            "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0"}
-
-
-def _workdir(tmp_path: Path, env: dict[str, str]) -> Path:
-    work = tmp_path / "infra"
-    shutil.copytree(INFRA, work, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", "*_override.tf"))
-    env["TF_DATA_DIR"] = str(tmp_path / "tfdata")
-    _tf(work, "init", "-backend=false", "-input=false", f"-plugin-dir={PLUGIN_DIR}", env=env)
-    return work
 
 
 @needs_terraform
@@ -76,8 +33,8 @@ def test_terraform_is_formatted(tf_env):
 @needs_terraform
 def test_terraform_validates_offline(tf_env, tmp_path):
     env = dict(tf_env)
-    work = _workdir(tmp_path, env)
-    assert "The configuration is valid" in _tf(work, "validate", "-no-color", env=env).stdout
+    work = tf_workdir(tmp_path, env)
+    assert "The configuration is valid" in tf(work, "validate", "-no-color", env=env).stdout
 
 
 def test_generated_terraform_is_current():
@@ -139,45 +96,7 @@ def test_no_consumer_is_granted_a_pii_column_the_policy_masks():
 # --- applied against moto's server ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def applied(tf_env, moto_endpoint, tmp_path_factory):
-    """The stack applied against moto, as an operator would (init, apply), its outputs and clients."""
-    tmp = tmp_path_factory.mktemp("applied")
-    env = {**tf_env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    env.pop("AWS_PROFILE", None)
-    work = _workdir(tmp, env)
-    endpoints = "\n".join(f'    {s} = "{moto_endpoint}"' for s in MOTO_SERVICES)
-    # An override file merges into the stack's provider block: production config has no emulator knobs.
-    (work / "moto_override.tf").write_text(f"""provider "aws" {{
-  skip_credentials_validation = true
-  skip_metadata_api_check     = true
-  skip_region_validation      = true
-  s3_use_path_style           = true
-  endpoints {{
-{endpoints}
-  }}
-}}
-""")
-    prefix = f"t{uuid.uuid4().hex[:6]}"
-    tf_vars = [*MOTO_VARS, "-var", f"name_prefix={prefix}"]
-    _tf(work, "apply", "-auto-approve", "-no-color", *tf_vars, env=env, timeout=540)
-    outputs = {k: v["value"] for k, v in json.loads(_tf(work, "output", "-json", env=env).stdout).items()}
-    clients = {s: boto3.client(s, endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                               aws_secret_access_key="testing") for s in ("s3", "sqs", "glue", "kms", "secretsmanager",
-                                                                           "lakeformation", "iam", "athena")}
-    return {"work": work, "env": env, "vars": tf_vars, "prefix": prefix, "out": outputs, **clients}
+# `applied` (tests/aws_fixtures.py): the stack applied once per session, shared with test_aws_end_to_end.py.
 
 
 @needs_terraform
@@ -220,18 +139,19 @@ def test_landing_notifications_reach_the_queue_with_a_dead_letter_queue(applied)
     # The buckets refuse plain HTTP (moto evaluates bucket policies: its endpoint is http://).
     with pytest.raises(ClientError, match="Forbidden|AccessDenied"):
         s3.put_object(Bucket=env["LAKE_LANDING_BUCKET"], Key="dms/x.csv", Body=b"x")
-    s3.delete_bucket_policy(Bucket=env["LAKE_LANDING_BUCKET"])  # to land files here over moto's HTTP
-
-    # What the SQS sensor will see: an object under the prefix is notified, one outside is not.
-    s3.put_object(Bucket=env["LAKE_LANDING_BUCKET"], Key="elsewhere/x.csv", Body=b"x")
-    key = f"{env['LAKE_LANDING_PREFIX']}travel/public/customers/LOAD00000001.parquet"
-    s3.put_object(Bucket=env["LAKE_LANDING_BUCKET"], Key=key, Body=b"x")
-    keys, deadline = [], time.monotonic() + 20
-    while time.monotonic() < deadline and key not in keys:
-        for m in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
-            keys += [unquote_plus(r["s3"]["object"]["key"]) for r in json.loads(m["Body"]).get("Records", [])]  # keys arrive URL-encoded
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-    assert keys == [key]
+    with plain_http_allowed(s3, env["LAKE_LANDING_BUCKET"]):  # to land files here over moto's HTTP
+        # What the SQS sensor will see: an object under the prefix is notified, one outside is not.
+        s3.put_object(Bucket=env["LAKE_LANDING_BUCKET"], Key="elsewhere/x.csv", Body=b"x")
+        key = f"{env['LAKE_LANDING_PREFIX']}travel/public/customers/LOAD00000001.parquet"
+        s3.put_object(Bucket=env["LAKE_LANDING_BUCKET"], Key=key, Body=b"x")
+        keys, deadline = [], time.monotonic() + 20
+        while time.monotonic() < deadline and key not in keys:
+            for m in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+                keys += [unquote_plus(r["s3"]["object"]["key"]) for r in json.loads(m["Body"]).get("Records", [])]  # keys arrive URL-encoded
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+        assert keys == [key]
+        for k in ("elsewhere/x.csv", key):  # the stack is shared (tests/aws_fixtures.py): no stray landed file
+            s3.delete_object(Bucket=env["LAKE_LANDING_BUCKET"], Key=k)
 
 
 @needs_terraform
@@ -286,13 +206,10 @@ def test_lake_formation_grants_applied(applied):
 
 
 @needs_terraform
-def test_planned_filters_are_the_policy(applied):
+def test_planned_filters_are_the_policy(filters_plan):
     """With the data cells filters on (moto has no API for them), the saved plan holds exactly the
     policy's filters and grants each one only to its consumer's principals."""
-    work, env = applied["work"], applied["env"]
-    _tf(work, "plan", "-no-color", "-refresh=false", "-out=filters.tfplan", *applied["vars"], "-var", "manage_data_cells_filters=true",
-        "-var", "enable_lf_tag_grants=true", env=env)
-    plan = json.loads(_tf(work, "show", "-json", "filters.tfplan", env=env).stdout)
+    plan = filters_plan
     created = [r for r in plan["resource_changes"] if r["change"]["actions"] == ["create"]]
     filters = {r["index"]: r["change"]["after"]["table_data"][0] for r in created if r["type"] == "aws_lakeformation_data_cells_filter"}
     wanted = {f.name: f for f in governance.cell_filters(_policy())}

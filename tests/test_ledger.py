@@ -28,15 +28,9 @@ from lake_assets.core.ledger import (
     postgres_ledger,
     sqlite_ledger,
 )
-from tests.postgres_server import fresh_database, postgres_server
+from tests.postgres_server import fresh_database
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    with postgres_server() as dsn:
-        yield dsn
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -19,7 +19,6 @@ import boto3
 import psycopg2
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context
-from moto.server import ThreadedMotoServer
 
 from demo.dms_writer import cdc_file_name, load_file_name, write_dms_file
 from lake_assets.core.arrivals import ListingCursor, record_arrivals
@@ -29,7 +28,7 @@ from lake_assets.core.registry import load_registry
 from lake_assets.definitions import build_definitions
 from lake_assets.sensors import build_landing_sensor, build_sqs_sensor
 from resources.lake import LakeResource
-from tests.postgres_server import fresh_database, postgres_server
+from tests.postgres_server import fresh_database
 
 SHOP = """
 source: shop
@@ -47,21 +46,7 @@ T0 = dt.datetime(2026, 11, 21, 10, 15)
 VISIBILITY = 1  # seconds: a message not deleted comes back this soon (tests wait for it)
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    with postgres_server() as dsn:
-        yield dsn
+# moto_endpoint and pg_server: one moto server and one PostgreSQL server per session (tests/aws_fixtures.py).
 
 
 @dataclass

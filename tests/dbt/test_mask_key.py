@@ -94,20 +94,13 @@ def test_a_key_file_others_can_read_or_of_the_wrong_size_is_refused_naming_it(tm
 
 
 @pytest.fixture
-def secrets_manager(monkeypatch):
+def secrets_manager(monkeypatch, moto_endpoint):
+    """Secrets Manager on the session's moto server (tests/aws_fixtures.py); secret names are the test's own."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-            monkeypatch.setenv(k, v)
-        endpoint = f"http://{host}:{port}"
-        yield endpoint, boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=endpoint)
-    finally:
-        server.stop()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    return moto_endpoint, boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=moto_endpoint)
 
 
 def test_the_aws_key_comes_from_the_secret_the_settings_name(secrets_manager):
