@@ -131,15 +131,18 @@ def table_metadata(tbl: Table | None, identifier: str, *, descriptions: Mapping[
 
 
 def _changes_data(snapshot: Snapshot) -> bool:
+    """Whether a snapshot changed the table's rows: maintenance rewrites files, never rows."""
+    from lake_assets.core.maintenance import MAINTENANCE
+
     props = snapshot.summary.additional_properties if snapshot.summary else {}
-    return any(int(props.get(k, 0)) for k in ("added-data-files", "deleted-data-files", "added-delete-files",
+    return MAINTENANCE not in props and any(int(props.get(k, 0)) for k in ("added-data-files", "deleted-data-files", "added-delete-files",
                                                "removed-delete-files"))
 
 
 def data_version(tbl: Table | None) -> DataVersion:
     """The table's data version: the newest snapshot that changed its rows, and its schema. A merge
-    that commits nothing (no pending files), or only ignored late changes, keeps it, so nothing
-    downstream is stale or rebuilt for it."""
+    that commits nothing (no pending files), or only ignored late changes, and maintenance
+    (compaction, expiry) keep it, so nothing downstream is stale or rebuilt for them."""
     from lake_assets.core.cdc.iceberg import lake_snapshots
 
     if tbl is None:

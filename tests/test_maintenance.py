@@ -213,3 +213,17 @@ def test_registry_maintenance_fields_are_validated(tmp_path):
     reg = load_registry([tmp_path / "sources"], cache=False)
     assert "keep_snapshots" in reg.errors[0].message
     assert MaintenanceSpec().schedule == "0 3 * * *"
+
+
+def test_maintenance_keeps_the_data_version(tmp_path):
+    """Compaction and expiry rewrite files, not rows: nothing downstream is stale for them."""
+    from lake_assets.table_metadata import data_version
+
+    lake = make_lake(tmp_path, {"shop": source()})
+    merges(lake, 4)
+    before = data_version(lake.env.catalog.load_table("shop.items"))
+    report = maintain(lake.env.catalog, lake.env.ledger, lake.registry.get("shop", "items"), now=later())
+    assert report.files_compacted > 0 and report.snapshots_expired > 0
+    assert data_version(lake.env.catalog.load_table("shop.items")) == before
+    merges(lake, 1, start=4)
+    assert data_version(lake.env.catalog.load_table("shop.items")) != before
