@@ -53,6 +53,11 @@ class LandingZone(Protocol):
         FileNotFoundError when it is gone."""
         ...
 
+    def write(self, key: str, data: bytes) -> ListedObject:
+        """Land `data` under `key` whole (never half-written: a listing sees all of it or nothing),
+        as the lake's own producers do (SQL extracts); returns it as a listing shows it."""
+        ...
+
 
 class LocalLandingZone:
     # A directory walk costs the same with or without a cursor, and a local file can be rewritten in
@@ -101,6 +106,15 @@ class LocalLandingZone:
         os.replace(self.root / key, target)  # a rename: the file is in one place or the other
         return str(target)
 
+    def write(self, key: str, data: bytes) -> ListedObject:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")  # dot files are never listed
+        partial.write_bytes(data)
+        os.replace(partial, target)
+        st = target.stat()
+        return ListedObject(key, st.st_size, f"{st.st_mtime_ns}:{st.st_size}", max(st.st_mtime, st.st_ctime))
+
     def checksum(self, key: str) -> str:
         h = hashlib.md5(usedforsecurity=False)
         with open(self.root / key, "rb") as f:
@@ -143,6 +157,11 @@ class S3LandingZone:
 
     def checksum(self, key: str) -> str:
         return self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ETag"].strip('"')
+
+    def write(self, key: str, data: bytes) -> ListedObject:
+        etag = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)["ETag"].strip('"')
+        head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        return ListedObject(key, len(data), etag, head["LastModified"].timestamp())
 
     def archive(self, key: str, checksum: str) -> str | None:
         source = self.prefix + key
