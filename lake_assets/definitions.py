@@ -1,5 +1,6 @@
 """The code location: every registry table as a source-aligned asset, the landing sensor (and the SQS
-sensor where the landing zone's notifications go to a queue), refresh schedules, the Slack alert
+sensor where the landing zone's notifications go to a queue), refresh schedules (and the extract
+schedules of SQL sources: extract_assets.py), the Slack alert
 sensors where a token is configured, and the dbt layers, with resources picked once from the
 settings (LAKE_ENV and the rest).
 
@@ -24,6 +25,7 @@ from lake_assets.assets import source_aligned_assets
 from lake_assets.core.dbt_codegen import sources_read_by_models
 from lake_assets.core.registry import Registry, load_registry
 from lake_assets.core.settings import LakeSettings, current_settings
+from lake_assets.extract_assets import build_extract_schedules, extract_assets, extract_jobs
 from lake_assets.jobs import ingest_jobs
 from lake_assets.landing_assets import build_unclaimed_asset, landing_assets
 from lake_assets.maintenance import build_maintenance_schedules, maintenance_jobs
@@ -127,13 +129,15 @@ def _build_definitions(registry: Registry, with_dbt: bool, settings: LakeSetting
         sensors = [build_landing_sensor(registry, running=settings.automation_running, jobs=jobs)]
     sensors += build_alert_sensors(settings)  # none without a Slack token
     maintenance = maintenance_jobs(registry)
+    extracts = extract_jobs(registry)
     core = Definitions(
-        assets=[*landing_assets(registry.by_source()), build_unclaimed_asset(registry), *source_aligned_assets(registry),
-                *registry_error_specs(registry)],
-        jobs=[*jobs.values(), *maintenance.values()],
+        assets=[*landing_assets(registry.by_source()), build_unclaimed_asset(registry), *extract_assets(registry),
+                *source_aligned_assets(registry), *registry_error_specs(registry)],
+        jobs=[*jobs.values(), *maintenance.values(), *extracts.values()],
         sensors=sensors,
         schedules=[*build_refresh_schedules(registry, running=settings.automation_running, jobs=jobs),
-                   *build_maintenance_schedules(registry, maintenance, running=settings.automation_running)],
+                   *build_maintenance_schedules(registry, maintenance, running=settings.automation_running),
+                   *build_extract_schedules(registry, extracts, running=settings.automation_running)],
         resources=resources,
         # Every run in one process (the UI's materializations, automation's dbt runs too): a step
         # subprocess costs seconds to start, merges are per source and runs go in parallel.

@@ -40,13 +40,15 @@ from lake_assets.core.naming import landing_key
 from lake_assets.core.registry import Registry, TableConfig
 from resources.lake import LakeResource
 
-LANDING_KIND = {"parquet": "parquet", "csv": "csv", "debezium": "kafka", "json": "json", "jsonl": "json"}
+LANDING_KIND = {"parquet": "parquet", "csv": "csv", "debezium": "kafka", "json": "json", "jsonl": "json", "sql": "postgres"}
 
 
 def _layout(table: TableConfig) -> str:
     """How the folder's files are written: DMS's layout for CDC files in DMS formats, else format and load."""
     if table.load == "cdc" and table.format in ("parquet", "csv"):
         return "AWS DMS layout"
+    if table.format == "sql":
+        return "Parquet extracts of its database table, landed by the lake's extract"
     return f"{table.format} files, load {table.load}"
 
 
@@ -133,7 +135,10 @@ def build_landing_assets(source: str, tables: list[TableConfig]):
 
 
 def landing_assets(by_source: dict[str, list[TableConfig]]) -> list:
-    return [build_landing_assets(source, tables) for source, tables in by_source.items()]
+    """Observable landing assets of the tables whose files producers land; a SQL table's landing
+    asset is its extract's (extract_assets.py)."""
+    landed = {source: [t for t in tables if t.format != "sql"] for source, tables in by_source.items()}
+    return [build_landing_assets(source, tables) for source, tables in landed.items() if tables]
 
 
 # ---------------------------------------------------------------------------------------------

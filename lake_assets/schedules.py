@@ -31,7 +31,8 @@ def build_refresh_schedules(registry: Registry, *, running: bool = True,
         jobs = ingest_jobs(registry)
     by_cron: dict[tuple[str, str], list[TableConfig]] = {}
     for t in registry.tables:
-        if t.refresh and t.refresh != "on_arrival":
+        # A SQL table's cadence is its extract schedule's (extract_assets.py), which merges after extracting.
+        if t.refresh and t.refresh != "on_arrival" and t.format != "sql":
             by_cron.setdefault((t.source, t.refresh), []).append(t)
     return [_schedule(source, cron, tables, jobs[source], running) for (source, cron), tables in sorted(by_cron.items())]
 

@@ -148,7 +148,8 @@ def record_arrivals(
     report = ArrivalReport()
     now = time.time() if now is None else now
     folders = registry.for_landing_folder()
-    snapshot_tables = {t.identifier: t.load == "snapshot" for t in registry.tables}
+    # Content equal to an earlier file is no duplicate where files are states (snapshots, SQL extracts).
+    snapshot_tables = {t.identifier: t.load == "snapshot" or t.format == "sql" for t in registry.tables}
     # Files that routed nowhere earlier may route now (a table was added to the registry).
     for e in ledger.unrouted():
         table_id, _ = route(e.key, registry, folders)

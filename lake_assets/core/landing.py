@@ -59,6 +59,11 @@ class LandingZone(Protocol):
         its key: it is merged, and expires, in its own time). FileNotFoundError when it is gone."""
         ...
 
+    def write(self, key: str, data: bytes) -> ListedObject:
+        """Land `data` under `key` whole (never half-written: a listing sees all of it or nothing),
+        as the lake's own producers do (SQL extracts); returns it as a listing shows it."""
+        ...
+
 
 class LocalLandingZone:
     # A directory walk costs the same with or without a cursor, and a local file can be rewritten in
@@ -113,6 +118,15 @@ class LocalLandingZone:
         (self.root / key).unlink()
         return True
 
+    def write(self, key: str, data: bytes) -> ListedObject:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")  # dot files are never listed
+        partial.write_bytes(data)
+        os.replace(partial, target)
+        st = target.stat()
+        return ListedObject(key, st.st_size, f"{st.st_mtime_ns}:{st.st_size}", max(st.st_mtime, st.st_ctime))
+
     def checksum(self, key: str) -> str:
         h = hashlib.md5(usedforsecurity=False)
         with open(self.root / key, "rb") as f:
@@ -155,6 +169,11 @@ class S3LandingZone:
 
     def checksum(self, key: str) -> str:
         return self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ETag"].strip('"')
+
+    def write(self, key: str, data: bytes) -> ListedObject:
+        etag = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)["ETag"].strip('"')
+        head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        return ListedObject(key, len(data), etag, head["LastModified"].timestamp())
 
     def _head(self, source: str) -> dict:
         try:

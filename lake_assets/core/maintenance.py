@@ -378,7 +378,7 @@ def expire_sidecars(catalog: Catalog, table: TableConfig, spec: MaintenanceSpec,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 # LessThan(term, literal) is pyiceberg's own __init__; mypy sees only the pydantic fields.
-                tbl.delete(LessThan(column, cutoff.isoformat()), snapshot_properties={MAINTENANCE: "expiry"})  # type: ignore[call-arg]
+                tbl.delete(LessThan(column, cutoff.isoformat()), snapshot_properties={MAINTENANCE: "expiry"})  # type: ignore[call-arg, misc, unused-ignore]
             expired[i] = old
         tbl = tbl.refresh()
         expire_snapshots(tbl, spec, now)

@@ -7,6 +7,7 @@ collects the errors of the others in `Registry.errors` (`strict=True` raises ins
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import pickle
@@ -44,7 +45,8 @@ TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[\d+\]|trunc
 # Debezium change events (`debezium`); with `load: snapshot | append | upsert`: file drops of plain
 # rows (`csv`, `json` (one array or object per file), `jsonl`, `parquet`), each optionally zipped;
 # with `load: events`: newline-delimited JSON events as Kinesis Data Firehose writes them (`jsonl`).
-Format = Literal["parquet", "csv", "debezium", "json", "jsonl"]
+# `sql`: the lake extracts the table from a database itself (`extract:`), into Parquet files it lands.
+Format = Literal["parquet", "csv", "debezium", "json", "jsonl", "sql"]
 # How a file's rows change the table: `cdc` files carry changes (an op per row); a `snapshot` file is
 # the whole table (the newest file wins, rows absent from it are deleted); `append` files are
 # appended (mode history); `upsert` files are keyed inserts-or-updates; `events` files are appended
@@ -141,6 +143,104 @@ class CsvOptions(_Strict):
     delimiter: str = ","
     null_marker: str = ""
     quote: str = '"'
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'90s', '15m', '12h', '1d' as a timedelta; ValueError otherwise."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration: a number and a unit s, m, h or d (e.g. 30m, 1d)")
+    return dt.timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+
+
+class ConnectionSpec(_Strict):
+    """How a SQL source is reached. Only the *name* of an environment variable: the DSN (and its
+    password) comes from the environment or a secret mounted there, never from a registry file."""
+
+    dsn_env: str
+
+    @field_validator("dsn_env")
+    @classmethod
+    def _dsn_env(cls, v: str) -> str:
+        if not _ENV_NAME.match(v):
+            raise ValueError("dsn_env must name an environment variable (letters, digits, _) that holds the DSN; "
+                             "the DSN itself never goes in the registry")
+        return v
+
+
+class ExtractSpec(_Strict):
+    """How a `format: sql` table is extracted (lake_assets/core/sql_source.py): rows changed since the
+    last extract by the `watermark` column, and every `full_every` a full extract whose diff against
+    the lake table deletes the rows the source deleted."""
+
+    watermark: str  # an increasing column: updated_at (timestamp, timestamptz, date) or an id (integer, numeric)
+    full_every: int | str = "1d"  # a duration (12h, 1d) since the last full extract, or a number of extracts
+    # Timestamp watermarks: a delta reads rows up to the database clock minus `lag`, so a transaction
+    # that commits within `lag` of stamping its rows is not missed (longer ones: the full extract).
+    lag: str = "1m"
+    table: str | None = None  # the relation in the database (default <schema>.<source_table>)
+    query: str | None = None  # or a SELECT whose rows are the table
+
+    @field_validator("watermark")
+    @classmethod
+    def _watermark(cls, v: str) -> str:
+        return check_identifier(v, "watermark column")
+
+    @field_validator("full_every")
+    @classmethod
+    def _full_every(cls, v: int | str) -> int | str:
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("full_every: a number of extracts must be at least 1 (1: every extract is full)")
+            return v
+        parse_duration(v)
+        return v
+
+    @field_validator("lag")
+    @classmethod
+    def _lag(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_relation(self) -> ExtractSpec:
+        if self.table is not None and self.query is not None:
+            raise ValueError("extract: give table or query, not both")
+        return self
+
+    @property
+    def full_every_extracts(self) -> int | None:
+        return self.full_every if isinstance(self.full_every, int) else None
+
+    @property
+    def full_every_duration(self) -> dt.timedelta | None:
+        return parse_duration(self.full_every) if isinstance(self.full_every, str) else None
+
+
+def _sql_problem(t: Any) -> str | None:
+    """What a `format: sql` table needs: an extract, its source's connection, a cadence."""
+    if t.extract is None:
+        return "field extract: a format sql table needs extract: {watermark: <column>} (how changed rows are found)"
+    if t.connection is None:
+        return ("field connection: a format sql table's source needs connection: {dsn_env: <VARIABLE>} at the top of "
+                "its file: the environment variable that holds the database's DSN")
+    if t.load != "upsert":
+        return (f"field load: a sql table's files are its extracts (deltas upsert, full extracts are snapshots); "
+                f"leave load unset (it is {t.load})")
+    if t.mode != "current":
+        return f"field mode: a sql table is kept equal to its source table: it needs mode current (mode is {t.mode})"
+    if t.sequence_by is not None:
+        return "field sequence_by: a sql table's changes are ordered by their extracts; the watermark goes in extract.watermark"
+    if not t.refresh or t.refresh == "on_arrival":
+        return "field refresh: a sql table is extracted on its cadence: refresh needs a cron expression (e.g. '*/15 * * * *')"
+    if t.columns is not None and t.extract.watermark not in {c.name for c in t.columns}:
+        return f"field extract.watermark: column {t.extract.watermark!r} is not in columns"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +374,10 @@ def _selection_problem(t: Any) -> str | None:
 
 def _format_load_problem(t: Any) -> str | None:
     """Which formats go with which loads, and what each load needs of the table."""
+    if t.format == "sql":
+        return _sql_problem(t)
+    if t.extract is not None:
+        return f"field extract: only a format sql table is extracted from a database (format is {t.format})"
     if t.load == "cdc":
         if t.format not in ("parquet", "csv", "debezium"):
             return (f"field format: {t.format} files carry rows, not changes: give the table a load "
@@ -458,11 +562,13 @@ class TableSpec(_TableRules):
     include_columns: tuple[str, ...] | None = None
     maintenance: MaintenanceSpec | None = None
     events: EventsSpec | None = None  # load events: the event time, required fields, raw retention
+    extract: ExtractSpec | None = None
 
 
 class SourceSpec(_Strict):
     source: str
     description: str | None = None
+    connection: ConnectionSpec | None = None  # a database the lake extracts from (format sql tables)
     defaults: TableDefaults = TableDefaults()
     tables: tuple[TableSpec, ...]
 
@@ -512,6 +618,8 @@ class TableConfig(_TableRules):
     include_columns: tuple[str, ...] | None = None  # when set, only these (and the key and sequence) land
     maintenance: MaintenanceSpec = MaintenanceSpec()
     events: EventsSpec | None = None  # load events only
+    extract: ExtractSpec | None = None  # format sql: how the table is extracted from its database
+    connection: ConnectionSpec | None = None  # format sql: the source's database
 
     @field_validator("source")
     @classmethod
@@ -683,6 +791,10 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
             v = getattr(t, name)
             return getattr(d, name) if v is None else v
 
+        load = pick("load")
+        if pick("format") == "sql" and t.load is None and load == "cdc":
+            load = "upsert"  # a sql table's delta extracts are upserts (its full extracts: snapshots)
+
         try:
             out.append(
                 TableConfig(
@@ -696,7 +808,7 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                     partition_by=(t.events.partition_field,) if t.events and not t.partition_by else t.partition_by,
                     pii=t.pii,
                     format=pick("format"),
-                    load=pick("load"),
+                    load=load,
                     archive=pick("archive"),
                     allow_empty_snapshot=pick("allow_empty_snapshot"),
                     csv=pick("csv"),
@@ -714,6 +826,8 @@ def _parse_source_file(path: Path, text: str) -> _FileResult:
                     include_columns=t.include_columns,
                     maintenance=pick("maintenance"),
                     events=t.events,
+                    extract=t.extract,
+                    connection=spec.connection if pick("format") == "sql" else None,
                 )
             )
         except ValidationError as e:  # a rule of the table with its source defaults applied

@@ -46,6 +46,7 @@ EXTENSIONS = {
     "json": (".json.gz", ".json"),
     "jsonl": (".jsonl.gz", ".ndjson", ".jsonl"),
     "parquet": (".parquet",),
+    "sql": (".parquet",),  # the lake's own extracts (extracts.py), never zipped
 }
 ZIP = ".zip"
 
@@ -100,7 +101,7 @@ def _read(where: str, f: SourceFile, data: bytes, table: TableConfig) -> FileCha
     quarantined: list[QuarantinedRow] = []
     if table.format == "csv":
         raw, quarantined = read_csv(where, data, f, table, changes=False)
-    elif table.format == "parquet":
+    elif table.format in ("parquet", "sql"):
         raw = read_parquet(where, data)
     else:
         raw = _read_json(where, data, table, quarantined)

@@ -1,12 +1,14 @@
 """Which reader a table's landed files go through, decided once from the registry's `format` and
 `load`: AWS DMS files (`dms`), Debezium change events (`debezium`), file drops (`drops`), event
 streams (`events`). Each reader turns one file into the same typed change rows; everything after
-that is the one pipeline."""
+that is the one pipeline. A SQL extract (`sql`) is a Parquet file of rows, read as a file drop
+(extracts.py names them)."""
 
 from __future__ import annotations
 
 from lake_assets.core.cdc import debezium, drops, events
-from lake_assets.core.cdc.dms import FileChanges, SourceFile, parse_landing_key, read_dms_file
+from lake_assets.core.cdc.dms import FileChanges, LandingKeyError, SourceFile, parse_landing_key, read_dms_file
+from lake_assets.core.cdc.extracts import parse_extract_name
 from lake_assets.core.registry import TableConfig
 
 
@@ -16,6 +18,12 @@ def parse_table_key(key: str, table: TableConfig) -> SourceFile:
         return debezium.parse_key(key)
     if table.load == "events":
         return events.parse_key(key)
+    if table.format == "sql":
+        f = drops.parse_key(key, table.format)
+        if f.extension != ".parquet" or parse_extract_name(f.base) is None:
+            raise LandingKeyError(f"{key}: a sql table's folder holds only the lake's extracts "
+                                  "(<8-digit number>-delta.parquet or -full.parquet)")
+        return f
     if table.load != "cdc":
         return drops.parse_key(key, table.format)
     return parse_landing_key(key)

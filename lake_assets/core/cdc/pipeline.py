@@ -260,7 +260,7 @@ def merge_batch(
         tombstones = None if loads.reload else load_tombstones(catalog, table, now=now)
         truncation = truncate.apply_truncates(tbl, batch.changes, table.primary_key, reload=loads.reload)
         batch.changes, extra = truncation.changes, truncation.summary
-        diff = snapshots.apply_snapshot(tbl, batch) if table.load == "snapshot" else None
+        diff = snapshots.apply_snapshot(tbl, batch) if snapshots.takes_snapshots(batch) else None
         if diff is not None:
             batch.changes, extra = diff.changes, extra | diff.summary
         rows, classification = _current(writer, tbl, batch, batch_id, now, loads, tombstones, result)

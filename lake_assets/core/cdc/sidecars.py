@@ -190,7 +190,7 @@ def rollback_sidecars(catalog: Catalog, table: TableConfig, batch_id: str) -> li
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             # EqualTo(term, literal) is pyiceberg's own __init__; mypy sees only the pydantic fields.
-            by_batch = EqualTo("batch_id", batch_id)  # type: ignore[call-arg]
+            by_batch = EqualTo("batch_id", batch_id)  # type: ignore[call-arg, misc, unused-ignore]
             quarantine.delete(by_batch, snapshot_properties=batch_summary(f"rollback-{batch_id}", [], {}))
         undone.append(f"quarantined rows written by batch {batch_id}")
     return undone

@@ -9,6 +9,12 @@ as changes the rest of the pipeline applies like any other (snapshot-diff CDC):
 - a key the table holds that the snapshot lacks is deleted, at the snapshot's position, except a
   key that one of the snapshot's quarantined rows names: a corrupt row does not delete its row.
 An empty snapshot never gets here unless the registry allows it (`drops.py`).
+
+A SQL table (`format: sql`) mixes snapshots (its full extracts) with upserts (its delta extracts):
+the newest full extract of the batch is diffed as above; the rows of older files (deltas before it
+included) are superseded, since a full extract is a later reading of the whole source table; the
+deltas after it keep their rows, ranking after the diff by their file position. This is the full
+outer join of the daily dump with the lake table, followed by the deltas since the dump.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import pyarrow.compute as pc
 from pyiceberg.table import Table
 
 from lake_assets.core.cdc.batch import FILE, SEQ, ChangeBatch, deletes_at
-from lake_assets.core.cdc.dms import OP, ROW
+from lake_assets.core.cdc.dms import OP, ROW, SourceFile
+from lake_assets.core.cdc.extracts import is_full_extract
 from lake_assets.core.cdc.iceberg import BATCH_ID, lake_snapshots
 from lake_assets.core.cdc.position import file_positions
 from lake_assets.core.cdc.semantics import WIN, quote, winners
@@ -47,24 +54,40 @@ def last_snapshot_file(tbl: Table) -> str | None:
     return None
 
 
+def is_snapshot_file(batch: ChangeBatch, f: SourceFile) -> bool:
+    """Whether a file of the batch is a whole snapshot: every file of a load snapshot table, a SQL
+    table's full extracts (its deltas are upserts)."""
+    return batch.table.format != "sql" or is_full_extract(f.base)
+
+
+def takes_snapshots(batch: ChangeBatch) -> bool:
+    return batch.table.load == "snapshot" or batch.table.format == "sql"
+
+
 def apply_snapshot(tbl: Table, batch: ChangeBatch) -> SnapshotDiff:
-    """The batch's changes as the diff of its newest file against the table."""
+    """The batch's changes as the diff of its newest snapshot file against the table, followed by
+    the upsert files after it (a SQL table's deltas)."""
     keys = batch.table.primary_key
     changes = batch.changes
     last = last_snapshot_file(tbl)
     carried = {SNAPSHOT_FILE: last} if last is not None else {}
-    if not batch.files:
-        return SnapshotDiff(changes.slice(0, 0), summary=carried)
     order = {f.key: _file_position(f.key, f.base, batch.versions.get(f.key, 1)) for f in batch.files}
-    newest = max(order, key=lambda k: order[k])
+    snapshots = [f.key for f in batch.files if is_snapshot_file(batch, f)]
+    upserts = [k for k in order if k not in set(snapshots)]
+    if not snapshots:  # only upserts (a SQL table's deltas): they change the table like any changes
+        return SnapshotDiff(changes, summary=carried)
+    newest = max(snapshots, key=lambda k: order[k])
+    later = [k for k in upserts if order[k] > order[newest]]
+    after = changes.filter(pc.is_in(changes.column(FILE), pa.array(later, pa.string()))) if later else changes.slice(0, 0)
     if last is not None and order[newest] <= last:
-        return SnapshotDiff(changes.slice(0, 0), superseded=changes.num_rows, summary=carried)
+        kept_upserts = changes.filter(pc.is_in(changes.column(FILE), pa.array(upserts, pa.string())))
+        return SnapshotDiff(kept_upserts, superseded=changes.num_rows - kept_upserts.num_rows, summary=carried)
     mine = changes.filter(pc.equal(changes.column(FILE), newest))
-    superseded = changes.num_rows - mine.num_rows
+    superseded = changes.num_rows - mine.num_rows - after.num_rows
     mine = winners(mine, keys)
     summary = {SNAPSHOT_FILE: order[newest]}
     if tbl.current_snapshot() is None:
-        return SnapshotDiff(mine, superseded, summary=summary)
+        return SnapshotDiff(pa.concat_tables([mine, after]), superseded, summary=summary)
     held = tbl.scan().to_arrow()
     data = [c for c in mine.column_names if c not in (OP, ROW, FILE, SEQ)]
     common = [c for c in data if c in held.column_names]
@@ -89,7 +112,7 @@ def apply_snapshot(tbl: Table, batch: ChangeBatch) -> SnapshotDiff:
     absent = _unprotected(absent, batch, newest, keys)
     position = order[newest]
     deletes = deletes_at(mine.schema, absent, keys, seq=position, file=newest, row=0)
-    return SnapshotDiff(pa.concat_tables([kept, deletes]), superseded, mine.num_rows - kept.num_rows, summary)
+    return SnapshotDiff(pa.concat_tables([kept, deletes, after]), superseded, mine.num_rows - kept.num_rows, summary)
 
 
 def _file_position(key: str, base: str, version: int) -> str:
