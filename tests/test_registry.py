@@ -225,7 +225,13 @@ def test_a_missing_sources_directory_is_an_error_and_the_rest_loads(tmp_path, mo
 
 def test_the_builtin_registry_is_valid():
     reg = load_registry([BUILTIN_SOURCES_DIR], strict=True)
-    assert len(reg.by_source()["travel"]) == 6 and reg.errors == ()
+    assert len(reg.by_source()["travel"]) == 7 and reg.errors == ()
+
+
+def test_the_builtin_registry_holds_the_demos_second_source():
+    reg = load_registry([BUILTIN_SOURCES_DIR], strict=True)
+    got = {t.identifier: (t.format, t.load, t.archive) for t in reg.by_source()["loyalty"]}
+    assert got == {"loyalty.members": ("debezium", "cdc", False), "loyalty.hotel_rates": ("csv", "snapshot", True)}
 
 
 # ---------------------------------------------------------------------------------------------
