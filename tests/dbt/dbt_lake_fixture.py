@@ -212,10 +212,9 @@ def source_rows() -> dict[str, list[dict]]:
         dict(audit_id=h[0], booking_id=h[1], old_status=h[2], new_status=h[3], changed_at=ts(h[4]))
         for h in STATUS_HISTORY
     ]
-    utc = dt.timezone.utc
     rows["members"] = [
         dict(customer_id=m[0], member_number=f"LY-{1000000 + m[0]:07d}", tier=m[1], points_balance=m[2],
-             lifetime_points=m[3], enrolled_at=ts(m[4]).replace(tzinfo=utc), updated_at=ts("2026-01-04 12:00:00").replace(tzinfo=utc))
+             lifetime_points=m[3], enrolled_at=ts(m[4]).replace(tzinfo=dt.UTC), updated_at=ts("2026-01-04 12:00:00").replace(tzinfo=dt.UTC))
         for m in MEMBERS
     ]
     rows["hotel_rates"] = [
