@@ -1,10 +1,12 @@
-"""The demo: a travel-booking database's DMS files flow round by round through every layer.
+"""The demo: a travel-booking database's DMS files and its loyalty programme's Debezium stream and
+partner rate sheets flow round by round through every layer.
 
     python -m demo [--reset] [--rounds N]
 
-Each round lands files as a DMS task would, records them as the landing sensor does, runs the
-`ingest_travel` job in the lake's Dagster instance (the runs show in `make ui`), then runs the
-`dbt_layers` job and checks the lake against the source's true final state.
+Each round lands both sources' files as their producers would (a DMS task; Kafka Connect's S3 sink
+and a daily CSV export), records them as the landing sensor does, runs the `ingest_travel` and
+`ingest_loyalty` jobs in the lake's Dagster instance (the runs show in `make ui`), then checks the
+lake against each source's true final state and runs the `dbt_layers` job.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from decimal import Decimal
 from dagster import DagsterEventType
 
 from demo.generate import generate_travel
+from demo.generate_loyalty import generate_loyalty
 from lake_assets.core.deployment import local_environment
 from lake_assets.core.registry import load_registry
 from lake_assets.core.settings import current_settings
@@ -37,10 +40,10 @@ def _norm(v):
     return v
 
 
-def _compare(env, registry, expected: dict[str, list[dict]]) -> bool:
+def _compare(env, registry, source: str, expected: dict[str, list[dict]]) -> bool:
     ok = True
     for t in registry.tables:
-        if t.source != "travel" or t.name not in expected:
+        if t.source != source or t.name not in expected:
             continue
         want_rows = expected[t.name]
         cols = [c.name for c in t.columns]
@@ -91,19 +94,23 @@ def main(argv=None) -> int:
 
     _say(f"lake home: {home}\ngenerating the travel-booking source (DMS format) ...")
     source = generate_travel(home / "demo_source", cdc_rounds=args.rounds)
+    _say("generating its loyalty programme (Debezium members, partner hotels' daily rate sheets) ...")
+    loyalty = generate_loyalty(home / "demo_source", source)
     for i, rnd in enumerate(source.rounds):
         source.deliver(i, home / "landing")
+        loyalty.deliver(i, home / "landing")
         out = ingest(env, defs, registry, instance)
-        _say(f"\nround {i} ({rnd.name}): {len(rnd.files)} files landed, {out.arrivals.total} recorded in the ledger, "
-             f"{len(out.metadata)} tables merged")
+        _say(f"\nround {i} ({rnd.name}): {len(rnd.files)} travel and {len(loyalty.rounds[i].files)} loyalty files landed, "
+             f"{out.arrivals.total} recorded in the ledger, {len(out.metadata)} tables merged")
         for key, md in sorted(out.metadata.items()):
             _say(format_row(key, md))
         if not out.success:
             ok = False
             _say("  some tables failed; see the run in the Dagster UI (make ui). Other tables went on.")
 
-    _say("\nsource-aligned tables vs the source database's final state:")
-    ok = _compare(env, registry, source.expected) and ok
+    _say("\nsource-aligned tables vs the source databases' final state:")
+    ok = _compare(env, registry, "travel", source.expected) and ok
+    ok = _compare(env, registry, "loyalty", loyalty.expected) and ok
 
     if not args.skip_dbt:
         _say("\nbuilding the aggregated and consumer-aligned layers (dbt, target local) ...")

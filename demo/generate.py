@@ -135,13 +135,18 @@ class DemoSource:
         Generate into a staging folder, then deliver round by round to let a sensor see arrivals.
         """
         assert self.landing is not None
-        out = []
-        for f in self.rounds[round_index].files:
-            target = Path(landing) / f.relative_to(self.landing)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, target)
-            out.append(target)
-        return out
+        return deliver_files(self.rounds[round_index].files, self.landing, landing)
+
+
+def deliver_files(files: list[Path], staging: Path, landing: Path) -> list[Path]:
+    """Copy files generated under `staging` to the same relative keys under `landing`."""
+    out = []
+    for f in files:
+        target = Path(landing) / f.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+        out.append(target)
+    return out
 
 
 def travel_tables() -> dict[str, TableConfig]:

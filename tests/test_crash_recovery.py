@@ -44,7 +44,7 @@ def _ingest(home: Path, failpoint: str | None = None) -> subprocess.CompletedPro
 def _state(home: Path) -> dict[str, list]:
     env = local_environment(home)
     out = {}
-    for t in load_registry().tables:
+    for t in load_registry().by_source()["travel"]:
         cols = [c.name for c in t.columns if t.lands(c.name)]
         rows = env.catalog.load_table(t.identifier).scan().to_arrow().to_pylist()
         if t.mode == "scd2":  # its current versions are the source's rows (every version: tests/test_cdc_contract.py)
@@ -55,7 +55,7 @@ def _state(home: Path) -> dict[str, list]:
 
 def _expected(source, round_index: int) -> dict[str, list]:
     out = {}
-    for t in load_registry().tables:
+    for t in load_registry().by_source()["travel"]:
         cols = [c.name for c in t.columns if t.lands(c.name)]
         rows = source.expected_after(round_index)[t.name]
         out[t.name] = sorted(tuple(str(r[c]) if isinstance(r[c], Decimal) else r[c] for c in cols) for r in rows)
@@ -84,10 +84,10 @@ def test_sigkill_then_rerun_gives_exactly_the_source_state(tmp_path, failpoint, 
     assert _state(tmp_path) == _expected(source, 1)
     if write == "merge_on_read":  # the crash hit a batch that removed rows with delete files
         env = local_environment(tmp_path)
-        assert any(t.delete_files for tbl in load_registry().tables
+        assert any(t.delete_files for tbl in load_registry().by_source()["travel"]
                    for t in env.catalog.load_table(tbl.identifier).scan().plan_files())
     ledger = local_environment(tmp_path).ledger
-    for t in load_registry().tables:
+    for t in load_registry().by_source()["travel"]:
         counts = ledger.status_counts(t.identifier)
         assert counts["processing"] == 0 and counts["landed"] == 0, (t.identifier, counts)
 
@@ -98,10 +98,10 @@ def test_rerun_with_nothing_new_changes_nothing(tmp_path):
     source.deliver(1, tmp_path / "landing")
     assert _ingest(tmp_path).returncode == 0
     env = local_environment(tmp_path)
-    snapshots = {t.identifier: env.catalog.load_table(t.identifier).current_snapshot().snapshot_id for t in load_registry().tables}
+    snapshots = {t.identifier: env.catalog.load_table(t.identifier).current_snapshot().snapshot_id for t in load_registry().by_source()["travel"]}
     again = _ingest(tmp_path)
     assert again.returncode == 0
     assert "0 new files recorded" in again.stdout
-    after = {t.identifier: env.catalog.load_table(t.identifier).current_snapshot().snapshot_id for t in load_registry().tables}
+    after = {t.identifier: env.catalog.load_table(t.identifier).current_snapshot().snapshot_id for t in load_registry().by_source()["travel"]}
     assert after == snapshots
     assert _state(tmp_path) == _expected(source, 1)

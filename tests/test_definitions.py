@@ -31,26 +31,26 @@ TRAVEL = "lake_assets/sources/travel.yaml"
 LAKE_COLUMNS = "_lake_seq string, _lake_op string, _lake_batch_id string, _lake_ingested_at timestamptz"
 
 
-def _spec(table, schema, folder, mode, pk, seq, description, columns):
+def _spec(table, schema, folder, mode, pk, seq, description, columns, source="travel"):
     lake_columns = LAKE_COLUMNS + {"history": ", _lake_file string, _lake_row long",
                                    "scd2": ", _lake_from_seq string, _lake_end_seq string, _valid_from long, _valid_to long, "
                                            "_is_current boolean"}.get(mode, "")
     return {
-        "group": "travel", "kinds": ["duckdb", "iceberg"], "op": "merge_travel", "pools": ["merge_travel"],
+        "group": source, "kinds": ["duckdb", "iceberg"], "op": f"merge_{source}", "pools": [f"merge_{source}"],
         "owners": OWNERS, "checks": CHECKS, "tags": {"lake/engine": "inprocess", "lake/mode": mode},
-        "description": description, "deps": [f"landing/travel/{table}"],
-        "metadata": {"iceberg_table": f"travel.{table}", "primary_key": pk, "sequence_by": seq,
-                     "landing_prefix": f"travel/{schema}/{folder}/", "registry_file": TRAVEL,
-                     "dagster/table_name": f"travel.{table}", "dagster/column_schema": f"{columns}, {lake_columns}"},
+        "description": description, "deps": [f"landing/{source}/{table}"],
+        "metadata": {"iceberg_table": f"{source}.{table}", "primary_key": pk, "sequence_by": seq,
+                     "landing_prefix": f"{source}/{schema}/{folder}/", "registry_file": f"lake_assets/sources/{source}.yaml",
+                     "dagster/table_name": f"{source}.{table}", "dagster/column_schema": f"{columns}, {lake_columns}"},
     }
 
 
-def _landing(table, schema, folder, fmt="parquet"):
+def _landing(table, schema, folder, fmt="parquet", source="travel", layout="AWS DMS layout", kind=None):
     return {
-        "group": "travel", "kinds": [fmt], "op": "observe_landing_travel", "pools": [], "owners": OWNERS, "checks": [],
+        "group": source, "kinds": [kind or fmt], "op": f"observe_landing_{source}", "pools": [], "owners": OWNERS, "checks": [],
         "tags": {}, "deps": [],
-        "description": f"Files landed for travel.{table} under travel/{schema}/{folder}/ (AWS DMS layout), as the ledger records them",
-        "metadata": {"format": fmt, "landing_prefix": f"travel/{schema}/{folder}/"},
+        "description": f"Files landed for {source}.{table} under {source}/{schema}/{folder}/ ({layout}), as the ledger records them",
+        "metadata": {"format": fmt, "landing_prefix": f"{source}/{schema}/{folder}/"},
     }
 
 
@@ -96,6 +96,23 @@ DEMO_SNAPSHOT = {
     "source_aligned/travel/promotions": _spec(
         "promotions", "booking", "promotions", "current", "promotion_id", "(file, row)", "Discount codes (current state).",
         "promotion_id long, code string, discount_pct decimal(5, 2), region string, valid_from date, valid_to date"),
+}
+# The demo's second source: Debezium members and a daily snapshot drop. "(file, row)" is what the
+# factory shows for any table without sequence_by, though a Debezium table orders by source position.
+DEMO_SNAPSHOT |= {
+    "landing/loyalty/hotel_rates": _landing("hotel_rates", "partners", "hotel_rates", "csv", "loyalty", "csv files, load snapshot"),
+    "landing/loyalty/members": _landing("members", "public", "loyalty.public.members", "debezium", "loyalty", "debezium files, load cdc",
+                                        kind="kafka"),
+    "source_aligned/loyalty/hotel_rates": _spec(
+        "hotel_rates", "partners", "hotel_rates", "current", "hotel_id, room_type", "(file, row)",
+        "Partner hotels' member rates (current rate sheet), one row per hotel and room type.",
+        "hotel_id long, room_type string, nightly_rate decimal(10, 2), currency string, member_discount_pct decimal(5, 2), "
+        "points_per_night int", "loyalty"),
+    "source_aligned/loyalty/members": _spec(
+        "members", "public", "loyalty.public.members", "current", "customer_id", "(file, row)",
+        "Loyalty members (current state): a member who leaves is deleted, one who rejoins is a new row.",
+        "customer_id long, member_number string, tier string, points_balance long, lifetime_points long, "
+        "enrolled_at timestamptz, updated_at timestamptz", "loyalty"),
 }
 
 
@@ -145,17 +162,18 @@ def test_demo_registry_asset_specs_snapshot():
     assert graph.get(dg.AssetKey(["landing", "unclaimed_folders"])).is_observable  # one for the whole landing zone
     assert all(graph.get(k).is_materializable for k in tables)
     assert all(graph.get(k).is_observable and not graph.get(k).is_materializable for k in landing)
-    (op,) = {graph.get(k).assets_def for k in tables}
-    assert op.can_subset  # one op per source, any table materializable alone
-    (observe,) = {graph.get(k).assets_def for k in landing}
-    assert observe.can_subset
+    ops = {graph.get(k).assets_def for k in tables}
+    assert sorted(op.node_def.name for op in ops) == ["merge_loyalty", "merge_travel"]
+    assert all(op.can_subset for op in ops)  # one op per source, any table materializable alone
+    observers = {graph.get(k).assets_def for k in landing}
+    assert len(observers) == 2 and all(observe.can_subset for observe in observers)
     assert [s.name for s in defs.sensors] == ["landing_sensor"]
-    # on_arrival tables: no refresh schedule; the demo source's nightly maintenance
-    assert [(s.name, s.cron_schedule) for s in defs.schedules] == [("maintain_travel_0_3", "0 3 * * *")]
+    # on_arrival tables: no refresh schedule; the demo sources' nightly maintenance
+    assert [(s.name, s.cron_schedule) for s in defs.schedules] == [("maintain_loyalty_0_3", "0 3 * * *"), ("maintain_travel_0_3", "0 3 * * *")]
     assert sorted(defs.resources) == ["lake"]  # no table of the demo asks for Spark
-    assert [j.name for j in defs.jobs] == ["ingest_travel", "maintain_travel"]
+    assert [j.name for j in defs.jobs] == ["ingest_loyalty", "ingest_travel", "maintain_loyalty", "maintain_travel"]
     (sensor,) = defs.sensors
-    assert [t.job_name for t in sensor.targets] == ["ingest_travel"]  # it runs the named job, never an anonymous one
+    assert [t.job_name for t in sensor.targets] == ["ingest_loyalty", "ingest_travel"]  # named jobs, never an anonymous one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,11 +362,11 @@ def test_a_lake_holds_only_its_own_sources_unless_asked(tmp_path, monkeypatch):
     assert "travel" in node.description and node.group_name == REGISTRY_ERRORS_GROUP
     monkeypatch.setenv("LAKE_BUILTIN_SOURCES", "true")
     current_settings.cache_clear()
-    assert {t.source for t in load_registry().tables} == {"shop", "travel"}
+    assert {t.source for t in load_registry().tables} == {"loyalty", "shop", "travel"}
     monkeypatch.delenv("LAKE_SOURCES_DIR")
     monkeypatch.delenv("LAKE_BUILTIN_SOURCES")
     current_settings.cache_clear()
-    assert {t.source for t in load_registry().tables} == {"travel"}  # no directory given: the demo
+    assert {t.source for t in load_registry().tables} == {"loyalty", "travel"}  # no directory given: the demo's
 
 
 def test_the_instance_config_is_where_dagster_reads_it(tmp_path, monkeypatch):

@@ -228,6 +228,12 @@ def test_the_builtin_registry_is_valid():
     assert len(reg.by_source()["travel"]) == 7 and reg.errors == ()
 
 
+def test_the_builtin_registry_holds_the_demos_second_source():
+    reg = load_registry([BUILTIN_SOURCES_DIR], strict=True)
+    got = {t.identifier: (t.format, t.load, t.archive) for t in reg.by_source()["loyalty"]}
+    assert got == {"loyalty.members": ("debezium", "cdc", False), "loyalty.hotel_rates": ("csv", "snapshot", True)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Cron expressions: the registry accepts nothing Dagster's scheduler refuses
 

@@ -1,11 +1,14 @@
-"""Source-aligned tables of the demo `travel` source, as the CDC merge leaves them, for the dbt tests.
+"""Source-aligned tables of the demo sources `travel` and `loyalty`, as the CDC merge leaves them,
+for the dbt tests.
 
-The schemas come from the table registry (lake_assets/sources/travel.yaml) plus the merge's lake
-columns; the rows are small but realistic: PII of every shape (apostrophes, accents, short and
+The schemas come from the table registry (lake_assets/sources/travel.yaml, loyalty.yaml) plus the
+merge's lake columns; the rows are small but realistic: PII of every shape (apostrophes, accents, short and
 missing values), customers who opted out, payments outside EMEA, US customers, cancelled
 bookings, refunds, a promotion nobody used and a hotel without bookings. Region codes and
 promotion validity are written as the demo source writes them: EMEA/AMER/APAC, a null region for
-a code valid everywhere, a null valid_to for an open-ended one. `run_dbt` runs dbt
+a code valid everywhere, a null valid_to for an open-ended one. Loyalty members are travel customers in every tier (and one
+member whose travel account is gone), partner rates cover some hotels (one without bookings) with
+several room types. `run_dbt` runs dbt
 from the project directory the way the README's workflow and Dagster do.
 """
 
@@ -26,6 +29,7 @@ from lake_assets.core.types import arrow_type
 from lake_assets.dbt_assets import DBT_PROJECT_DIR, dbt_executable
 
 SOURCE = "travel"
+LOYALTY = "loyalty"
 
 LAKE_COLUMNS = [
     ("_lake_seq", pa.string()),
@@ -148,6 +152,27 @@ STATUS_HISTORY = [
 ]
 
 
+MEMBERS = [
+    # customer, tier, points balance, lifetime points, enrolled (UTC); customers 2, 5, 7, 9, 10 are not members
+    (1, "gold", 18_250, 24_000, "2024-03-01 10:00:00"),
+    (3, "silver", 1_200, 6_400, "2025-01-15 08:30:00"),
+    (4, "bronze", 500, 500, "2025-11-12 22:15:00"),
+    (6, "platinum", 61_000, 75_500, "2023-06-30 19:45:00"),
+    (8, "bronze", 0, 2_100, "2025-12-05 11:20:00"),
+    (11, "silver", 3_000, 5_600, "2024-09-09 09:09:00"),  # its travel customer is gone
+]
+
+HOTEL_RATES = [
+    # hotel, room type, nightly rate, member discount %, points per night (currency: the hotel's)
+    (101, "standard", "120.00", "10.00", 200),
+    (101, "deluxe", "168.00", "10.00", 200),
+    (104, "standard", "240.00", "5.00", 250),
+    (104, "suite", "520.00", "5.00", 300),
+    (105, "standard", "290.00", "7.50", 200),
+    (107, "standard", "110.00", "12.50", 200),  # no bookings
+]
+
+
 def _lake(seq: int, at: str) -> tuple:
     return (f"{seq:020d}", "batch-0001", "I", ts(at))
 
@@ -187,6 +212,16 @@ def source_rows() -> dict[str, list[dict]]:
         dict(audit_id=h[0], booking_id=h[1], old_status=h[2], new_status=h[3], changed_at=ts(h[4]))
         for h in STATUS_HISTORY
     ]
+    rows["members"] = [
+        dict(customer_id=m[0], member_number=f"LY-{1000000 + m[0]:07d}", tier=m[1], points_balance=m[2],
+             lifetime_points=m[3], enrolled_at=ts(m[4]).replace(tzinfo=dt.UTC), updated_at=ts("2026-01-04 12:00:00").replace(tzinfo=dt.UTC))
+        for m in MEMBERS
+    ]
+    rows["hotel_rates"] = [
+        dict(hotel_id=r[0], room_type=r[1], nightly_rate=money(r[2]), currency=COUNTRY_CURRENCY.get(hotel_country[r[0]], "EUR"),
+             member_discount_pct=money(r[3]), points_per_night=r[4])
+        for r in HOTEL_RATES
+    ]
     for table_rows in rows.values():
         for i, r in enumerate(table_rows, 1):
             r.update(zip([n for n, _ in LAKE_COLUMNS], _lake(i, "2026-01-05 00:00:00")))
@@ -202,18 +237,19 @@ def lake_catalog(home: Path) -> SqlCatalog:
 
 
 def create_source_tables(home: Path) -> dict[str, list[dict]]:
-    """Create travel.<table> in the catalog at `home` with the fixture rows; return the rows."""
+    """Create travel.<table> and loyalty.<table> in the catalog at `home` with the fixture rows; return the rows."""
     home.mkdir(parents=True, exist_ok=True)
     catalog = lake_catalog(home)
-    catalog.create_namespace_if_not_exists(SOURCE)
     rows = source_rows()
-    for table in load_registry().by_source()[SOURCE]:
+    by_source = load_registry().by_source()
+    for table in by_source[SOURCE] + by_source[LOYALTY]:
+        catalog.create_namespace_if_not_exists(table.source)
         if table.name == "customer_versions":  # the scd2 demo table: one version per customer, what lands
             rows[table.name] = [{c.name: r[c.name] for c in table.columns if table.lands(c.name)} | _lake_of(r)
                                 for r in rows["customers"]]
         schema = arrow_schema(table)
         data = pa.Table.from_pylist(rows[table.name], schema=schema)
-        iceberg = catalog.create_table(f"{SOURCE}.{table.name}", schema=schema)
+        iceberg = catalog.create_table(table.identifier, schema=schema)
         iceberg.append(data)
     return rows
 

@@ -15,7 +15,7 @@ import yaml
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
 FX = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["fx_plan_rates"]
-AGGREGATED = ["customer_lifetime_value", "daily_hotel_bookings", "payment_transactions", "promotion_uptake"]
+AGGREGATED = ["customer_lifetime_value", "daily_hotel_bookings", "loyalty_tier_bookings", "payment_transactions", "promotion_uptake"]
 
 
 def eur(amount: Decimal, currency: str) -> Decimal:
@@ -112,6 +112,31 @@ def test_promotion_uptake(built_lake):
         assert float(row["discount_eur"]) == pytest.approx(discount, abs=0.01 * max(len(used), 1))
     assert actual[202]["uptake_pct"] == 42  # 3 of 7: integer division truncates on both engines
     assert actual[204]["eligible_bookings"] > 0 and actual[204]["uptake_pct"] == 0  # open-ended, every region
+
+
+def test_loyalty_tier_bookings_joins_the_two_sources(built_lake):
+    src = built_lake.source_rows
+    tier_of = {m["customer_id"]: m["tier"] for m in src["members"]}
+    points = {}
+    for r in src["hotel_rates"]:
+        points[r["hotel_id"]] = max(points.get(r["hotel_id"], 0), r["points_per_night"])
+    active = [b for b in src["bookings"] if b["status"] != "cancelled"]
+    actual = by(built_lake.rows("aggregated.loyalty_tier_bookings"), "tier")
+    assert set(actual) == {"bronze", "silver", "gold", "platinum", "none"}
+    for tier, row in actual.items():
+        members = [m for m in src["members"] if m["tier"] == tier]
+        mine = [b for b in active if tier_of.get(b["customer_id"], "none") == tier]
+        partner = [b for b in mine if b["hotel_id"] in points]
+        assert row["members"] == len(members) and row["points_balance"] == sum(m["points_balance"] for m in members)
+        assert row["booking_customers"] == len({b["customer_id"] for b in mine})
+        assert row["bookings"] == len(mine) and row["room_nights"] == sum(b["nights"] for b in mine)
+        revenue = sum((eur(b["amount"], b["currency"]) for b in mine), Decimal("0"))
+        assert row["revenue_eur"] == revenue
+        assert row["average_booking_value_eur"] == ((revenue / len(mine)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP) if mine else None)
+        assert row["partner_hotel_bookings"] == len(partner) and row["partner_room_nights"] == sum(b["nights"] for b in partner)
+        assert row["points_earnable"] == sum(b["nights"] * points[b["hotel_id"]] for b in partner)
+    assert actual["none"]["members"] == 0 and actual["none"]["bookings"] > 0  # customers who are not members
+    assert actual["silver"]["members"] == 2 > actual["silver"]["booking_customers"]  # a member without a travel account
 
 
 def test_payment_transactions(built_lake):

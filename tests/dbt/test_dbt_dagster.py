@@ -17,7 +17,8 @@ from resources.lake import LakeResource
 
 from dbt_lake_fixture import create_source_tables, lake_catalog
 
-SOURCE_KEYS = [dg.AssetKey(t.asset_key_path) for t in load_registry().by_source()["travel"]]
+DEMO_TABLES = load_registry().tables  # travel and loyalty
+SOURCE_KEYS = [dg.AssetKey(t.asset_key_path) for t in DEMO_TABLES]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def source_stubs() -> list[dg.AssetsDefinition]:
     """Stand-ins for the source-aligned assets another module defines with the same keys."""
 
     def stub(key: dg.AssetKey) -> dg.AssetsDefinition:
-        @dg.asset(key=key, group_name="travel")
+        @dg.asset(key=key, group_name=key.path[1])  # the source, as the source-aligned assets group
         def _source_aligned() -> None:
             return None
 
@@ -53,7 +54,7 @@ def test_definitions_load_and_keys_follow_the_layers(defs):
     aggregated_keys = {k for k in keys if k.path[0] == "aggregated"}
     assert keys == aggregated_keys | consumer_keys
     assert {k.path[1] for k in aggregated_keys} == {
-        "customer_lifetime_value", "daily_hotel_bookings", "payment_transactions", "promotion_uptake"
+        "customer_lifetime_value", "daily_hotel_bookings", "loyalty_tier_bookings", "payment_transactions", "promotion_uptake"
     }
     for key in keys:
         node = graph.get(key)
@@ -69,7 +70,7 @@ def test_definitions_load_and_keys_follow_the_layers(defs):
 def test_every_source_table_reaches_a_consumer_through_an_aggregated_model(defs):
     graph = defs.resolve_asset_graph()
     # customer_versions (scd2) is the demo's point-in-time table: no consumer model reads it yet
-    read = [k for k, t in zip(SOURCE_KEYS, load_registry().by_source()["travel"]) if t.mode != "scd2"]
+    read = [k for k, t in zip(SOURCE_KEYS, DEMO_TABLES) if t.mode != "scd2"]
     assert len(read) == len(SOURCE_KEYS) - 1
     for source in read:
         children = graph.get(source).child_keys
@@ -165,7 +166,7 @@ def test_a_parent_materialized_with_the_same_data_version_rebuilds_nothing(defs)
     version = {"v": "snapshot 1"}
 
     def stub(key: dg.AssetKey) -> dg.AssetsDefinition:
-        @dg.asset(key=key, group_name="travel")
+        @dg.asset(key=key, group_name=key.path[1])  # the source, as the source-aligned assets group
         def _source_aligned() -> dg.MaterializeResult:
             return dg.MaterializeResult(data_version=dg.DataVersion(version["v"]))
 
