@@ -1,12 +1,13 @@
-"""The demo: a travel-booking database's DMS files and its loyalty programme's Debezium stream and
-partner rate sheets flow round by round through every layer.
+"""The demo: a travel-booking database's DMS files and its loyalty programme's Debezium stream,
+partner rate sheets and points event stream flow round by round through every layer.
 
     python -m demo [--reset] [--rounds N]
 
-Each round lands both sources' files as their producers would (a DMS task; Kafka Connect's S3 sink
-and a daily CSV export), records them as the landing sensor does, runs the `ingest_travel` and
-`ingest_loyalty` jobs in the lake's Dagster instance (the runs show in `make ui`), then checks the
-lake against each source's true final state and runs the `dbt_layers` job.
+Each round lands both sources' files as their producers would (a DMS task; Kafka Connect's S3 sink,
+a daily CSV export and a Firehose delivery stream), records them as the landing sensor does, runs
+the `ingest_travel` and `ingest_loyalty` jobs in the lake's Dagster instance (the runs show in `make ui`), then checks the
+lake against each source's true final state (every event once; each bad event line once in its
+`__errors` table) and runs the `dbt_layers` job.
 """
 
 from __future__ import annotations
@@ -67,6 +68,23 @@ def _compare(env, registry, source: str, expected: dict[str, list[dict]]) -> boo
     return ok
 
 
+def _compare_errors(env, registry, source: str, bad_lines: dict[str, list[tuple[str, int, str]]]) -> bool:
+    """Each table's `__errors` against the bad lines its producer sent: each exactly once."""
+    ok = True
+    for t in registry.tables:
+        if t.source != source or t.name not in bad_lines:
+            continue
+        want = sorted(bad_lines[t.name])
+        got = []
+        if env.catalog.table_exists(t.quarantine_identifier):
+            got = sorted((r["file"], r["row"], r["raw"]) for r in env.catalog.load_table(t.quarantine_identifier).scan().to_arrow().to_pylist())
+        same = got == want
+        ok &= same
+        _say(f"  {t.quarantine_identifier:<36} {len(got):>6} rows  {len(want)} bad lines sent: "
+             f"{'each once' if same else 'DIFFERS from the bad lines sent'}")
+    return ok
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reset", action="store_true", help="start from an empty LAKE_HOME")
@@ -94,7 +112,7 @@ def main(argv=None) -> int:
 
     _say(f"lake home: {home}\ngenerating the travel-booking source (DMS format) ...")
     source = generate_travel(home / "demo_source", cdc_rounds=args.rounds)
-    _say("generating its loyalty programme (Debezium members, partner hotels' daily rate sheets) ...")
+    _say("generating its loyalty programme (Debezium members, partner hotels' daily rate sheets, Firehose points events) ...")
     loyalty = generate_loyalty(home / "demo_source", source)
     for i, rnd in enumerate(source.rounds):
         source.deliver(i, home / "landing")
@@ -111,6 +129,7 @@ def main(argv=None) -> int:
     _say("\nsource-aligned tables vs the source databases' final state:")
     ok = _compare(env, registry, "travel", source.expected) and ok
     ok = _compare(env, registry, "loyalty", loyalty.expected) and ok
+    ok = _compare_errors(env, registry, "loyalty", loyalty.bad_lines) and ok
 
     if not args.skip_dbt:
         _say("\nbuilding the aggregated and consumer-aligned layers (dbt, target local) ...")

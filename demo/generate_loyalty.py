@@ -14,23 +14,32 @@ Two producers beside travel's DMS task, each a format of its own (lake_assets/so
   snapshot (load: snapshot), one per round. Sheets change rates, add a hotel that joins the
   programme, drop a room type, drop a hotel that leaves and, from round 4, bring it back.
 
-It runs on the travel source's customers and hotels (members are travel customer_ids, rates travel
-hotel_ids), so the aggregated layer can join the two. `LoyaltySource.expected` is what the loyalty
-database and the newest sheet hold at the end, typed as the lake stores them.
+- `points_events`, the app's event stream of points movements (a welcome bonus at enrolment,
+  points earned at a travel booking, points redeemed), one event for each movement the members
+  table sees, sent to a Kinesis Data Firehose delivery stream: a file per 5-minute buffer in the
+  `YYYY/MM/DD/HH/` folder of its first record's arrival, named `<stream>-1-<that time>-<uuid>`,
+  gzipped from round GZIP_FROM_ROUND on (the stream's compression switched on). Events arrive
+  seconds after their time, so an event of 23:59 can sit in a file of the next day's folder; the
+  rewards service writes redemptions in its local time (+01:00). Each round also sends two bad
+  lines (a record cut off mid-line, an event without customer_id) that belong in
+  `loyalty.points_events__errors`; `LoyaltySource.bad_lines` lists them.
 
-A third producer (a Firehose event stream, say) is one more table in loyalty.yaml and one more
-writer here adding its files to `rounds` and its truth to `expected`; __main__ compares whatever
-`expected` holds.
+It runs on the travel source's customers and hotels (members are travel customer_ids, rates travel
+hotel_ids, earned points travel booking_ids), so the aggregated layer can join the two.
+`LoyaltySource.expected` is what the loyalty database and the newest sheet hold at the end, and
+every good event once, typed as the lake stores them.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import random
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -56,6 +65,10 @@ WELCOME_POINTS = 500
 ROOM_TYPES = (("standard", Decimal("1.00")), ("deluxe", Decimal("1.40")), ("suite", Decimal("2.20")))
 MEMBER_DISCOUNTS = (Decimal("5.00"), Decimal("7.50"), Decimal("10.00"), Decimal("12.50"))
 CITY_CURRENCY = {city: currency for city, _, _, currency in CITIES}
+STREAM = "loyalty-points"  # the Firehose delivery stream's name, which starts its file names
+BUFFER_INTERVAL = timedelta(minutes=5)  # Firehose's buffering hint: a file per interval at most
+GZIP_FROM_ROUND = 3  # the delivery stream's compression is GZIP from this round on
+REWARDS_ZONE = timezone(timedelta(hours=1))  # the rewards service writes redemptions in CET
 
 
 @dataclass
@@ -64,6 +77,7 @@ class LoyaltySource:
     expected: dict[str, list[dict]]  # table -> final rows sorted by primary key, in lake types
     landing: Path  # the staging root the files were written under
     tables: dict[str, TableConfig]
+    bad_lines: dict[str, list[tuple[str, int, str]]]  # table -> (landing key, line, raw) its __errors must hold
 
     def deliver(self, round_index: int, landing: Path) -> list[Path]:
         return deliver_files(self.rounds[round_index].files, self.landing, landing)
@@ -96,6 +110,7 @@ class _Members:
         self.next_number = 1_000_001
         self.records: list[dict | None] = []  # this round's records; None: a tombstone
         self.pinned: set[int] = set()  # keys the scripted scenarios own
+        self.movements: list[tuple[datetime, int, str, int]] = []  # this round's points moved: (at, customer, welcome|earn|redeem, points)
 
     def _record(self, op: str, at: datetime, before: dict | None, after: dict | None, *, snapshot: bool = False) -> None:
         if not snapshot:
@@ -130,6 +145,7 @@ class _Members:
     def enrol(self, at: datetime, customer_id: int) -> None:
         self.rows[customer_id] = row = self._member(customer_id, at, WELCOME_POINTS)
         self._record("c", at, None, row)
+        self.movements.append((at, customer_id, "welcome", WELCOME_POINTS))
 
     def earn(self, at: datetime, customer_id: int, points: int) -> None:
         old = self.rows[customer_id]
@@ -138,12 +154,16 @@ class _Members:
                "tier": tier_of(lifetime), "updated_at": at}
         self.rows[customer_id] = row
         self._record("u", at, None, row)  # REPLICA IDENTITY DEFAULT: no before image for updates
+        self.movements.append((at, customer_id, "earn", points))
 
     def redeem(self, at: datetime, customer_id: int, points: int) -> None:
         old = self.rows[customer_id]
-        row = {**old, "points_balance": old["points_balance"] - min(points, old["points_balance"]), "updated_at": at}
+        redeemed = min(points, old["points_balance"])
+        row = {**old, "points_balance": old["points_balance"] - redeemed, "updated_at": at}
         self.rows[customer_id] = row
         self._record("u", at, None, row)
+        if redeemed:
+            self.movements.append((at, customer_id, "redeem", redeemed))
 
     def leave(self, at: datetime, customer_id: int) -> None:
         del self.rows[customer_id]
@@ -223,6 +243,85 @@ def _write_sheet(path: Path, t: TableConfig, rows: list[dict]) -> Path:
     return path
 
 
+# --- points_events: the app's event stream through Firehose -------------------------------------
+
+
+class _PointsStream:
+    """The points movements of the members table as the app sends them and Firehose writes them.
+
+    Its own random stream, so that adding events changed nothing the members and rates draw."""
+
+    def __init__(self, rng: random.Random, folder: Path, landing: Path, bookings: list[dict]):
+        self.rng, self.folder, self.landing = rng, folder, landing
+        self.bookings_of: dict[int, list[tuple[datetime, int]]] = {}  # customer -> (created_at, booking_id)
+        for b in sorted(bookings, key=lambda b: b["booking_id"]):
+            if b["status"] != "cancelled":
+                self.bookings_of.setdefault(b["customer_id"], []).append((b["created_at"], b["booking_id"]))
+        self.events: list[dict] = []  # every good event sent, in lake types
+        self.bad_lines: list[tuple[str, int, str]] = []
+
+    def _uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _event(self, at: datetime, customer_id: int, movement: str, points: int) -> tuple[dict, str]:
+        """One movement as the lake will hold it and the JSON line the app sends for it."""
+        booking, kind = None, "earn" if movement == "welcome" else movement
+        made = [b for created, b in self.bookings_of.get(customer_id, ()) if created <= at]
+        if movement == "earn" and made:
+            booking = self.rng.choice(made)  # points earned at a booking of theirs; without one, a partner offer
+        aware = at.replace(tzinfo=UTC)
+        event = {"event_id": self._uuid(), "customer_id": customer_id, "event_time": aware, "kind": kind,
+                 "points": points, "booking_id": booking}
+        shown = aware.astimezone(REWARDS_ZONE).isoformat() if kind == "redeem" else _iso(at)
+        wire = {**event, "event_time": shown}
+        if kind == "redeem":
+            del wire["booking_id"]  # the rewards service leaves out what it has no value for
+        return event, json.dumps(wire, separators=(",", ":"))
+
+    def _bad_lines(self, at: datetime, customers: list[int]) -> list[str]:
+        """A record cut off mid-line and an event that lost its member: Firehose delivers both."""
+        _, cut = self._event(at, self.rng.choice(customers), "earn", 100)
+        _, whole = self._event(at + timedelta(seconds=1), self.rng.choice(customers), "redeem", 300)
+        lost = json.loads(whole)
+        del lost["customer_id"]
+        return [cut[: len(cut) // 2], json.dumps(lost, separators=(",", ":"))]
+
+    def round_files(self, rnd: int, start: datetime, movements: list[tuple[datetime, int, str, int]],
+                    customers: list[int]) -> list[Path]:
+        """One round's events in Firehose's files: a file per buffer interval, by arrival."""
+        rng = self.rng
+        buffers: dict[int, list[tuple[datetime, dict, str]]] = {}
+        for at, cid, movement, points in movements:
+            arrival = at + timedelta(milliseconds=rng.randint(200, 8_000))
+            window = min((arrival - start) // BUFFER_INTERVAL, ROUND_LENGTH // BUFFER_INTERVAL - 1)
+            event, line = self._event(at, cid, movement, points)
+            buffers.setdefault(window, []).append((arrival, event, line))
+        if not buffers:
+            return []
+        bad_window = rng.choice(sorted(buffers))
+        files = []
+        for window in sorted(buffers):
+            records = sorted(buffers[window], key=lambda r: r[0])
+            lines = [line for _, _, line in records]
+            self.events += [event for _, event, _ in records]
+            first = records[0][0]
+            gz = rnd >= GZIP_FROM_ROUND
+            name = f"{STREAM}-1-{first:%Y-%m-%d-%H-%M-%S}-{self._uuid()}" + (".gz" if gz else "")
+            path = self.folder / f"{first:%Y/%m/%d/%H}" / name
+            if window == bad_window:
+                for bad in self._bad_lines(first, customers):
+                    at_line = rng.randint(1, len(lines) + 1)
+                    lines.insert(at_line - 1, bad)
+                    self.bad_lines = [(k, n + 1 if k == path.relative_to(self.landing).as_posix() and n >= at_line else n, r)
+                                      for k, n, r in self.bad_lines]
+                    self.bad_lines.append((path.relative_to(self.landing).as_posix(), at_line, bad))
+            data = "".join(line + "\n" for line in lines).encode("utf-8")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(gzip.compress(data, mtime=0) if gz else data)  # mtime 0: the same seed, the same bytes
+            files.append(path)
+        return files
+
+
 # --- the source ----------------------------------------------------------------------------------
 
 
@@ -240,9 +339,11 @@ def generate_loyalty(staging: Path, travel: DemoSource, *, seed: int = 11, cdc_r
     hotels = list(travel.expected["hotels"])
     if len(customers) < 20 or len(hotels) < 5:
         raise ValueError("generate_loyalty needs a travel source with >= 20 customers and >= 5 hotels")
-    members_t, rates_t = tables["members"], tables["hotel_rates"]
+    members_t, rates_t, events_t = tables["members"], tables["hotel_rates"], tables["points_events"]
     topic_dir = staging / SOURCE / members_t.schema / members_t.source_table / "partition=0"
     sheet_dir = staging / SOURCE / rates_t.schema / rates_t.source_table
+    stream = _PointsStream(random.Random(f"points-{seed}"), staging / SOURCE / events_t.schema / events_t.source_table,
+                           staging, travel.expected["bookings"])
     rounds = [DemoRound("snapshot", [])] + [DemoRound(f"cdc_{r}", []) for r in range(1, rounds_after_load + 1)]
 
     db = _Members(rng)
@@ -275,6 +376,8 @@ def generate_loyalty(staging: Path, travel: DemoSource, *, seed: int = 11, cdc_r
         files = _sink_files(topic_dir, db.records, offset)
         offset += len(db.records)
         db.records = []
+        files += stream.round_files(i, start, db.movements, customers)
+        db.movements = []
         day = (FULL_LOAD_AT + timedelta(days=i + 1)).date()  # the partner's export of that morning
         files.append(_write_sheet(sheet_dir / f"hotel_rates_{day.isoformat()}.csv", rates_t, _sheet_rows(partners)))
         rnd.files += files
@@ -283,8 +386,9 @@ def generate_loyalty(staging: Path, travel: DemoSource, *, seed: int = 11, cdc_r
     expected = {
         "members": [{k: v.replace(tzinfo=UTC) if k in aware else v for k, v in db.rows[c].items()} for c in sorted(db.rows)],
         "hotel_rates": _sheet_rows(partners),
+        "points_events": sorted(stream.events, key=lambda e: e["event_id"]),
     }
-    return LoyaltySource(rounds, expected, staging, tables)
+    return LoyaltySource(rounds, expected, staging, tables, {"points_events": sorted(stream.bad_lines)})
 
 
 def _change_sheet(rng: random.Random, rnd: int, last: int, partners: dict[int, dict[str, dict]], outsiders: list[dict],

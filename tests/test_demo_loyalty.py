@@ -1,20 +1,23 @@
-"""The demo's second source, loyalty: its files read back as Kafka Connect's S3 sink and a partner's
-daily export write them, replayed by the contract's oracle (tests/oracle.py, no code shared with the
-generator or the lake) to the truth the generator reports, and merged from a fresh LAKE_HOME by the
-ingest command to the same truth."""
+"""The demo's second source, loyalty: its files read back as Kafka Connect's S3 sink, a partner's
+daily export and a Firehose delivery stream write them, replayed by the contract's oracle
+(tests/oracle.py, no code shared with the generator or the lake) or read line by line to the truth
+the generator reports, and merged from a fresh LAKE_HOME by the ingest command to the same truth,
+the event stream's bad lines each once in its __errors table."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from demo.generate import generate_travel
-from demo.generate_loyalty import FLUSH_SIZE, TIERS, TOPIC, generate_loyalty, tier_of
+from demo.generate import FULL_LOAD_AT, generate_travel
+from demo.generate_loyalty import FLUSH_SIZE, GZIP_FROM_ROUND, STREAM, TIERS, TOPIC, generate_loyalty, tier_of
+from lake_assets.core.cdc.events import parse_key
 from lake_assets.core.deployment import local_environment
 from lake_assets.core.ledger import COMMITTED
 from lake_assets.core.registry import BUILTIN_SOURCES_DIR
@@ -46,6 +49,15 @@ def _sheet(path: Path, table) -> list[dict]:
 
 def _member_files(rnd) -> list[Path]:
     return [f for f in rnd.files if f.suffix == ".json"]
+
+
+def _event_files(rnd) -> list[Path]:
+    return [f for f in rnd.files if "firehose" in f.parts]
+
+
+def _event_lines(path: Path) -> list[str]:
+    data = path.read_bytes()
+    return (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8").splitlines()
 
 
 def _typed_member(row: dict) -> dict:
@@ -146,13 +158,81 @@ def test_the_ingest_command_merges_every_round_to_the_truth_from_a_fresh_lake_ho
         source.deliver(i, home / "landing")
         out = ingest(home, BUILTIN_SOURCES_DIR)
         assert out.returncode == 0, out.stdout + out.stderr[-2000:]
-        assert "source_aligned/loyalty/members" in out.stdout and "source_aligned/loyalty/hotel_rates" in out.stdout
+        assert all(f"source_aligned/loyalty/{name}" in out.stdout for name in ("members", "hotel_rates", "points_events") if
+                   name != "points_events" or i > 0)  # the event stream starts after the connector's snapshot
     env = local_environment(home)
     for name, want in source.expected.items():
         t = source.tables[name]
         got = env.catalog.load_table(t.identifier).scan().to_arrow().to_pylist()
         cols = [c.name for c in t.columns]
         assert sorted(tuple(r[c] for c in cols) for r in got) == sorted(tuple(r[c] for c in cols) for r in want), name
+    errors = env.catalog.load_table(source.tables["points_events"].quarantine_identifier).scan().to_arrow().to_pylist()
+    assert sorted((r["file"], r["row"], r["raw"]) for r in errors) == source.bad_lines["points_events"]
+    assert all(r["reason"] for r in errors)
     sheets = env.ledger.entries("loyalty.hotel_rates")
     assert len(sheets) == 3 and all(e.status == COMMITTED and e.archived_to for e in sheets)
     assert not list((home / "landing" / "loyalty" / "partners").rglob("*.csv"))  # archived after their merge
+
+
+def test_points_events_land_as_firehose_writes_them(loyalty):
+    """<table folder>/YYYY/MM/DD/HH/<stream>-1-YYYY-MM-DD-HH-MM-SS-<uuid>[.gz], the hour and time of the
+    file's first record; gzip once the stream's compression is on; none in the connector's snapshot round."""
+    assert not _event_files(loyalty.rounds[0])
+    for i, rnd in enumerate(loyalty.rounds[1:], start=1):
+        files = _event_files(rnd)
+        assert len(files) >= 3, rnd.name
+        for f in files:
+            key = f.relative_to(loyalty.landing).as_posix()
+            parsed = parse_key(key)  # the lake's own reader of the layout takes every key
+            assert (parsed.source, parsed.schema, parsed.table) == ("loyalty", "firehose", "points_events")
+            folders, name = key.split("/")[3:7], f.name
+            assert name.startswith(f"{STREAM}-1-{'-'.join(folders)}-"), key
+            assert (f.suffix == ".gz") == (i >= GZIP_FROM_ROUND) and (f.read_bytes()[:2] == b"\x1f\x8b") == (i >= GZIP_FROM_ROUND)
+    folders = {tuple(f.relative_to(loyalty.landing).parts[3:7]) for rnd in loyalty.rounds for f in _event_files(rnd)}
+    assert {d[:3] for d in folders} == {("2026", "11", "01"), ("2026", "11", "02")}  # the stream crosses midnight
+
+
+def test_the_event_files_read_back_to_every_good_event_once_and_the_bad_lines(loyalty):
+    """Line by line, as a reader with no code of the lake's would: each line an event the table takes
+    or one of the bad lines the generator reports; the good ones are the truth, each once."""
+    events_t = loyalty.tables["points_events"]
+    required = {"event_id", "event_time", *events_t.events.required}
+    good, bad = [], []
+    for rnd in loyalty.rounds:
+        for f in _event_files(rnd):
+            key = f.relative_to(loyalty.landing).as_posix()
+            for number, line in enumerate(_event_lines(f), start=1):
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    bad.append((key, number, line))
+                    continue
+                if not required <= set(e):
+                    bad.append((key, number, line))
+                    continue
+                good.append({c.name: e.get(c.name) for c in events_t.columns} | {"event_time": datetime.fromisoformat(e["event_time"]).astimezone(UTC)})
+    assert sorted(good, key=lambda e: e["event_id"]) == loyalty.expected["points_events"]
+    assert len({e["event_id"] for e in good}) == len(good)
+    assert bad == loyalty.bad_lines["points_events"] and len(bad) == 2 * (len(loyalty.rounds) - 1)  # two a round
+    assert {("customer_id" not in line) for _, _, line in bad} == {True, False}  # a cut record, an event without its member
+
+
+def test_points_events_follow_the_members_points_and_travel_bookings(loyalty, travel):
+    """The stream and the members table tell one story: a member who enrolled during the stream has
+    earned exactly its earn events since enrolling and spent its redeem events; points earned at a
+    booking name a booking of that customer made before."""
+    events = loyalty.expected["points_events"]
+    assert {e["kind"] for e in events} == {"earn", "redeem"} and all(e["points"] > 0 for e in events)
+    assert all(e["booking_id"] is None for e in events if e["kind"] == "redeem")
+    bookings = {b["booking_id"]: b for b in travel.expected["bookings"]}
+    at_booking = [e for e in events if e["booking_id"] is not None]
+    assert len(at_booking) > len(events) // 4
+    assert all(bookings[e["booking_id"]]["customer_id"] == e["customer_id"] and bookings[e["booking_id"]]["status"] != "cancelled"
+               and bookings[e["booking_id"]]["created_at"] <= e["event_time"].replace(tzinfo=None) for e in at_booking)
+    enrolled = [m for m in loyalty.expected["members"] if m["enrolled_at"] >= FULL_LOAD_AT.replace(tzinfo=UTC)]
+    assert enrolled
+    for m in enrolled:
+        mine = [e for e in events if e["customer_id"] == m["customer_id"] and e["event_time"] >= m["enrolled_at"]]
+        earned = sum(e["points"] for e in mine if e["kind"] == "earn")
+        redeemed = sum(e["points"] for e in mine if e["kind"] == "redeem")
+        assert (earned, earned - redeemed) == (m["lifetime_points"], m["points_balance"]), m
