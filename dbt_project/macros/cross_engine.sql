@@ -16,6 +16,18 @@
     cast({{ expr }} as timestamp)
 {%- endmacro %}
 
+{#- The UTC calendar day of a timestamptz. Trino's cast keeps the value's zone (Iceberg's timestamptz
+    reads as UTC there); DuckDB's cast uses the session's TimeZone, so the day is taken in UTC first. -#}
+{% macro utc_date(expr) -%}
+    {{ return(adapter.dispatch('utc_date')(expr)) }}
+{%- endmacro %}
+{% macro default__utc_date(expr) -%}
+    cast({{ expr }} at time zone 'UTC' as date)
+{%- endmacro %}
+{% macro duckdb__utc_date(expr) -%}
+    cast(timezone('UTC', {{ expr }}) as date)
+{%- endmacro %}
+
 {#- Integer division truncating toward zero. Trino's `/` on integers already is; DuckDB's `/`
     returns a double and `//` floors (identical for the non-negative values this is used on). -#}
 {% macro int_divide(numerator, denominator) -%}

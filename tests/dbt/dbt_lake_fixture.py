@@ -8,7 +8,8 @@ bookings, refunds, a promotion nobody used and a hotel without bookings. Region 
 promotion validity are written as the demo source writes them: EMEA/AMER/APAC, a null region for
 a code valid everywhere, a null valid_to for an open-ended one. Loyalty members are travel customers in every tier (and one
 member whose travel account is gone), partner rates cover some hotels (one without bookings) with
-several room types. `run_dbt` runs dbt
+several room types. Points events cross the UTC midnight, earn twice at one booking, and include
+a customer who has left the programme since. `run_dbt` runs dbt
 from the project directory the way the README's workflow and Dagster do.
 """
 
@@ -172,6 +173,18 @@ HOTEL_RATES = [
     (107, "standard", "110.00", "12.50", 200),  # no bookings
 ]
 
+POINTS_EVENTS = [
+    # event, customer, event time (UTC), kind, points, booking
+    ("e-01", 1, "2026-01-03 09:00:00", "earn", 600, 1001),
+    ("e-02", 1, "2026-01-03 09:00:05", "earn", 200, 1001),  # the same booking again: its revenue counts once
+    ("e-03", 3, "2026-01-03 23:59:30", "earn", 1000, 1005),  # the UTC day's last minute
+    ("e-04", 3, "2026-01-04 00:00:30", "redeem", 400, None),
+    ("e-05", 4, "2026-01-04 08:00:00", "earn", 500, None),  # a welcome bonus
+    ("e-06", 9, "2026-01-04 10:00:00", "earn", 300, 1013),  # customer 9 has left the programme since
+    ("e-07", 6, "2026-01-04 11:00:00", "redeem", 5000, None),
+    ("e-08", 6, "2026-01-04 12:00:00", "earn", 900, 1010),
+]
+
 
 def _lake(seq: int, at: str) -> tuple:
     return (f"{seq:020d}", "batch-0001", "I", ts(at))
@@ -221,6 +234,10 @@ def source_rows() -> dict[str, list[dict]]:
         dict(hotel_id=r[0], room_type=r[1], nightly_rate=money(r[2]), currency=COUNTRY_CURRENCY.get(hotel_country[r[0]], "EUR"),
              member_discount_pct=money(r[3]), points_per_night=r[4])
         for r in HOTEL_RATES
+    ]
+    rows["points_events"] = [
+        dict(event_id=e[0], customer_id=e[1], event_time=ts(e[2]).replace(tzinfo=dt.UTC), kind=e[3], points=e[4], booking_id=e[5])
+        for e in POINTS_EVENTS
     ]
     for table_rows in rows.values():
         for i, r in enumerate(table_rows, 1):

@@ -15,7 +15,8 @@ import yaml
 from lake_assets.dbt_assets import DBT_PROJECT_DIR
 
 FX = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["fx_plan_rates"]
-AGGREGATED = ["customer_lifetime_value", "daily_hotel_bookings", "loyalty_tier_bookings", "payment_transactions", "promotion_uptake"]
+AGGREGATED = ["customer_lifetime_value", "daily_hotel_bookings", "loyalty_points_daily", "loyalty_tier_bookings", "payment_transactions",
+              "promotion_uptake"]
 
 
 def eur(amount: Decimal, currency: str) -> Decimal:
@@ -137,6 +138,33 @@ def test_loyalty_tier_bookings_joins_the_two_sources(built_lake):
         assert row["points_earnable"] == sum(b["nights"] * points[b["hotel_id"]] for b in partner)
     assert actual["none"]["members"] == 0 and actual["none"]["bookings"] > 0  # customers who are not members
     assert actual["silver"]["members"] == 2 > actual["silver"]["booking_customers"]  # a member without a travel account
+
+
+def test_loyalty_points_daily_joins_the_event_stream_to_members_and_bookings(built_lake):
+    src = built_lake.source_rows
+    tier_of = {m["customer_id"]: m["tier"] for m in src["members"]}
+    booking_of = by(src["bookings"], "booking_id")
+    groups: dict[tuple, list[dict]] = {}
+    for e in src["points_events"]:
+        groups.setdefault((e["event_time"].astimezone(dt.UTC).date(), tier_of.get(e["customer_id"], "none")), []).append(e)
+    actual = {(r["activity_date"], r["tier"]): r for r in built_lake.rows("aggregated.loyalty_points_daily")}
+    assert set(actual) == set(groups)
+    for key, events in groups.items():
+        row = actual[key]
+        earned = [e for e in events if e["kind"] == "earn"]
+        at_bookings = {e["booking_id"] for e in earned if e["booking_id"] is not None}
+        assert row["active_members"] == len({e["customer_id"] for e in events})
+        assert (row["earn_events"], row["redeem_events"]) == (len(earned), len(events) - len(earned))
+        assert row["points_earned"] == sum(e["points"] for e in earned)
+        assert row["points_redeemed"] == sum(e["points"] for e in events if e["kind"] == "redeem")
+        assert row["net_points"] == row["points_earned"] - row["points_redeemed"]
+        assert row["points_earned_at_bookings"] == sum(e["points"] for e in earned if e["booking_id"] is not None)
+        assert row["bookings_earning"] == len(at_bookings)
+        assert row["booked_revenue_eur"] == sum((eur(booking_of[b]["amount"], booking_of[b]["currency"]) for b in at_bookings), Decimal("0"))
+    jan3, jan4 = dt.date(2026, 1, 3), dt.date(2026, 1, 4)
+    assert actual[(jan3, "silver")]["earn_events"] == 1 and actual[(jan4, "silver")]["redeem_events"] == 1  # split at UTC midnight
+    assert actual[(jan3, "gold")]["bookings_earning"] == 1 and actual[(jan3, "gold")]["earn_events"] == 2  # one booking, counted once
+    assert actual[(jan4, "none")]["points_earned"] == 300  # a customer who has left since
 
 
 def test_payment_transactions(built_lake):

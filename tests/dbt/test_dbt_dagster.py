@@ -54,7 +54,8 @@ def test_definitions_load_and_keys_follow_the_layers(defs):
     aggregated_keys = {k for k in keys if k.path[0] == "aggregated"}
     assert keys == aggregated_keys | consumer_keys
     assert {k.path[1] for k in aggregated_keys} == {
-        "customer_lifetime_value", "daily_hotel_bookings", "loyalty_tier_bookings", "payment_transactions", "promotion_uptake"
+        "customer_lifetime_value", "daily_hotel_bookings", "loyalty_points_daily", "loyalty_tier_bookings", "payment_transactions",
+        "promotion_uptake"
     }
     for key in keys:
         node = graph.get(key)
