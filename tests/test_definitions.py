@@ -97,7 +97,7 @@ DEMO_SNAPSHOT = {
         "promotions", "booking", "promotions", "current", "promotion_id", "(file, row)", "Discount codes (current state).",
         "promotion_id long, code string, discount_pct decimal(5, 2), region string, valid_from date, valid_to date"),
 }
-# The demo's second source: Debezium members and a daily snapshot drop. "(file, row)" is what the
+# The demo's second source: Debezium members, a daily snapshot drop and a Firehose event stream. "(file, row)" is what the
 # factory shows for any table without sequence_by, though a Debezium table orders by source position.
 DEMO_SNAPSHOT |= {
     "landing/loyalty/hotel_rates": _landing("hotel_rates", "partners", "hotel_rates", "csv", "loyalty", "csv files, load snapshot"),
@@ -113,6 +113,12 @@ DEMO_SNAPSHOT |= {
         "Loyalty members (current state): a member who leaves is deleted, one who rejoins is a new row.",
         "customer_id long, member_number string, tier string, points_balance long, lifetime_points long, "
         "enrolled_at timestamptz, updated_at timestamptz", "loyalty"),
+    "landing/loyalty/points_events": _landing("points_events", "firehose", "points_events", "jsonl", "loyalty", "jsonl files, load events",
+                                              kind="json"),
+    "source_aligned/loyalty/points_events": _spec(
+        "points_events", "firehose", "points_events", "history", "event_id", "(file, row)",
+        "Points earned (at a booking, or the welcome bonus) and redeemed by loyalty members, one row per event.",
+        "event_id string, customer_id long, event_time timestamptz, kind string, points long, booking_id long", "loyalty"),
 }
 
 
@@ -158,7 +164,7 @@ def test_demo_registry_asset_specs_snapshot():
     assert snapshot(defs) == DEMO_SNAPSHOT
     graph = defs.resolve_asset_graph()
     tables = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith("source_aligned/")]
-    landing = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith("landing/travel/")]
+    landing = [dg.AssetKey(k.split("/")) for k in DEMO_SNAPSHOT if k.startswith(("landing/travel/", "landing/loyalty/"))]
     assert graph.get(dg.AssetKey(["landing", "unclaimed_folders"])).is_observable  # one for the whole landing zone
     assert all(graph.get(k).is_materializable for k in tables)
     assert all(graph.get(k).is_observable and not graph.get(k).is_materializable for k in landing)
@@ -166,7 +172,7 @@ def test_demo_registry_asset_specs_snapshot():
     assert sorted(op.node_def.name for op in ops) == ["merge_loyalty", "merge_travel"]
     assert all(op.can_subset for op in ops)  # one op per source, any table materializable alone
     observers = {graph.get(k).assets_def for k in landing}
-    assert len(observers) == 2 and all(observe.can_subset for observe in observers)
+    assert len(observers) == 2 and all(observe.can_subset for observe in observers)  # one per source
     assert [s.name for s in defs.sensors] == ["landing_sensor"]
     # on_arrival tables: no refresh schedule; the demo sources' nightly maintenance
     assert [(s.name, s.cron_schedule) for s in defs.schedules] == [("maintain_loyalty_0_3", "0 3 * * *"), ("maintain_travel_0_3", "0 3 * * *")]

@@ -231,7 +231,12 @@ def test_the_builtin_registry_is_valid():
 def test_the_builtin_registry_holds_the_demos_second_source():
     reg = load_registry([BUILTIN_SOURCES_DIR], strict=True)
     got = {t.identifier: (t.format, t.load, t.archive) for t in reg.by_source()["loyalty"]}
-    assert got == {"loyalty.members": ("debezium", "cdc", False), "loyalty.hotel_rates": ("csv", "snapshot", True)}
+    assert got == {"loyalty.members": ("debezium", "cdc", False), "loyalty.hotel_rates": ("csv", "snapshot", True),
+                   "loyalty.points_events": ("jsonl", "events", False)}
+    events = reg.get("loyalty", "points_events")
+    assert (events.mode, events.quarantine_identifier, events.quarantine_max_rate) == ("history", "loyalty.points_events__errors", 0.1)
+    assert events.events is not None and (events.events.time_field, events.events.required) == ("event_time", ("customer_id", "kind", "points"))
+    assert [(p.column, p.transform) for p in events.partition_by] == [("event_time", "day")]
 
 
 # ---------------------------------------------------------------------------------------------
