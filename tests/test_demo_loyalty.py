@@ -151,8 +151,9 @@ def test_same_seed_gives_the_same_files(travel, loyalty, tmp_path):
 
 
 def test_the_ingest_command_merges_every_round_to_the_truth_from_a_fresh_lake_home(tmp_path, travel):
-    """Only loyalty's files land: the demo registry's other source has nothing pending."""
-    source = generate_loyalty(tmp_path / "staging", travel, cdc_rounds=2)
+    """Only loyalty's files land: the demo registry's other source has nothing pending. Three CDC
+    rounds: the event stream's plain files, then gzipped ones."""
+    source = generate_loyalty(tmp_path / "staging", travel, cdc_rounds=GZIP_FROM_ROUND)
     home = tmp_path / "lake"
     for i in range(len(source.rounds)):
         source.deliver(i, home / "landing")
@@ -166,11 +167,13 @@ def test_the_ingest_command_merges_every_round_to_the_truth_from_a_fresh_lake_ho
         got = env.catalog.load_table(t.identifier).scan().to_arrow().to_pylist()
         cols = [c.name for c in t.columns]
         assert sorted(tuple(r[c] for c in cols) for r in got) == sorted(tuple(r[c] for c in cols) for r in want), name
+    events = env.ledger.entries("loyalty.points_events")
+    assert any(e.key.endswith(".gz") for e in events) and all(e.status == COMMITTED for e in events)
     errors = env.catalog.load_table(source.tables["points_events"].quarantine_identifier).scan().to_arrow().to_pylist()
     assert sorted((r["file"], r["row"], r["raw"]) for r in errors) == source.bad_lines["points_events"]
     assert all(r["reason"] for r in errors)
     sheets = env.ledger.entries("loyalty.hotel_rates")
-    assert len(sheets) == 3 and all(e.status == COMMITTED and e.archived_to for e in sheets)
+    assert len(sheets) == 1 + GZIP_FROM_ROUND and all(e.status == COMMITTED and e.archived_to for e in sheets)
     assert not list((home / "landing" / "loyalty" / "partners").rglob("*.csv"))  # archived after their merge
 
 
