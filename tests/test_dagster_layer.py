@@ -46,8 +46,9 @@ def test_asset_specs_follow_the_registry(tmp_path):
     landing = graph.get(AssetKey(["landing", "shop", "orders"]))
     assert landing.is_observable and not landing.is_materializable and landing.group_name == "shop"
     # refunds' refresh, and every source's maintenance at its default time (03:00 daily)
-    assert sorted(s.name for s in defs.schedules) == ["maintain_shop_0_3", "maintain_travel_0_3", "refresh_shop_10"]
-    assert {j.name for j in defs.jobs} == {"ingest_shop", "ingest_travel", "maintain_shop", "maintain_travel"}
+    assert sorted(s.name for s in defs.schedules) == ["maintain_loyalty_0_3", "maintain_shop_0_3", "maintain_travel_0_3",
+                                                      "refresh_shop_10"]
+    assert {j.name for j in defs.jobs} == {f"{kind}_{source}" for kind in ("ingest", "maintain") for source in ("shop", "travel", "loyalty")}
 
 
 def test_landing_sensor_records_and_requests_only_new_arrivals(tmp_path, monkeypatch):
