@@ -1,7 +1,7 @@
 {#-
   SQL that differs between Athena (Trino) and DuckDB, decided once here. `default__` is the
   Athena/Trino form, `duckdb__` the local one; models call the dispatching macro only.
-  The list, with examples, is in README.md ("Dialect differences").
+  The list, with examples, is in dbt_project/README.md ("Dialect differences").
 -#}
 
 {#- Iceberg on Athena stores microsecond timestamps without zone: timestamp(6). DuckDB's
