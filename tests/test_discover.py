@@ -352,20 +352,7 @@ def test_an_empty_folder_and_several_sources_are_errors_that_say_what_to_do(tmp_
 
 
 # ---------------------------------------------------------------------------------------------
-# S3, through the lake's S3 landing zone, against moto
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+# S3, through the lake's S3 landing zone, against moto (the session's server, tests/aws_fixtures.py)
 
 
 def test_an_s3_landing_prefix_is_drafted_like_a_directory(tmp_path, monkeypatch, moto_endpoint):
