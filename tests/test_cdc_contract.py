@@ -182,7 +182,8 @@ def test_hostile_deliveries_match_the_oracle(h):
     check_history(h)
 
 
-@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# A quarter: each of these histories rewrites the same rows many times (1.6 s an example on 2 cores).
+@settings(max_examples=EXAMPLES // 4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(h=rewrite_histories())
 def test_rows_replaced_again_and_again_match_the_oracle(h):
     check_history(h)
