@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -448,30 +449,24 @@ def test_the_arrow_reader_and_the_line_reader_give_the_same_rows_and_errors(tmp_
 ROW_SORT = [("_row", "ascending")]
 
 
-def test_an_s3_landing_zone_deletes_an_expired_file_only_while_its_content_is_the_merged_one(monkeypatch):
+def test_an_s3_landing_zone_deletes_an_expired_file_only_while_its_content_is_the_merged_one(monkeypatch, moto_endpoint):
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from lake_assets.core.landing import S3LandingZone
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        s3.create_bucket(Bucket="landing")
-        zone = S3LandingZone("landing", "raw/", s3)
-        key = firehose_key(0, 0, True)
-        etag = s3.put_object(Bucket="landing", Key="raw/" + key, Body=b"merged")["ETag"].strip('"')
-        s3.put_object(Bucket="landing", Key="raw/" + key, Body=b"a new version")
-        assert zone.delete(key, etag) is False and [o.key for o in zone.list()] == [key]
-        assert zone.delete(key, zone.checksum(key)) is True and list(zone.list()) == []
-        with pytest.raises(FileNotFoundError):
-            zone.delete(key, etag)
-    finally:
-        server.stop()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    bucket = f"landing-{uuid.uuid4().hex[:8]}"  # the session's server is shared
+    s3.create_bucket(Bucket=bucket)
+    zone = S3LandingZone(bucket, "raw/", s3)
+    key = firehose_key(0, 0, True)
+    etag = s3.put_object(Bucket=bucket, Key="raw/" + key, Body=b"merged")["ETag"].strip('"')
+    s3.put_object(Bucket=bucket, Key="raw/" + key, Body=b"a new version")
+    assert zone.delete(key, etag) is False and [o.key for o in zone.list()] == [key]
+    assert zone.delete(key, zone.checksum(key)) is True and list(zone.list()) == []
+    with pytest.raises(FileNotFoundError):
+        zone.delete(key, etag)
 
 
 def test_the_sources_maintenance_job_expires_raw_files_and_reports_them(tmp_path, monkeypatch):

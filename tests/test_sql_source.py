@@ -380,40 +380,33 @@ def test_the_extract_job_extracts_then_merges_with_counts_in_metadata(crm, monke
     assert crm.lake_rows(crm.customers, "customer_id") == crm.source("public.customers", "customer_id")
 
 
-def test_extracts_land_in_s3_as_a_listing_sees_them(crm, monkeypatch):
-    """On AWS the landing zone is S3 (moto's server here): the extract lands its file there, recorded
-    with the ETag a listing reports, and a crash after the write reuses the object."""
+def test_extracts_land_in_s3_as_a_listing_sees_them(crm, monkeypatch, moto_endpoint):
+    """On AWS the landing zone is S3 (moto's server here, the session's): the extract lands its file
+    there, recorded with the ETag a listing reports, and a crash after the write reuses the object."""
     import uuid
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from lake_assets.core.landing import S3LandingZone
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        bucket = f"landing-{uuid.uuid4().hex[:8]}"
-        s3.create_bucket(Bucket=bucket)
-        landing = S3LandingZone(bucket, "raw", s3)
-        ledger = crm.lake.env.ledger
-        crm.customer(1, "a", "1.00")
-        first = extract_table(crm.customers, ledger=ledger, landing=landing)
-        [listed] = list(landing.list(crm.customers.landing_prefix))
-        [entry] = ledger.entries("crm.customers")
-        assert (listed.key, entry.key, entry.checksum) == (first.key, first.key, listed.version)
-        crm.customer(2, "b", "2.00")
-        with pytest.raises(Crash):
-            extract_table(crm.customers, ledger=ledger, landing=landing, failpoint=_crash_at("after_extract_write"))
-        again = extract_table(crm.customers, ledger=ledger, landing=landing)
-        assert again.reused and again.info.rows == 1
-        assert sorted(e.key for e in ledger.entries("crm.customers")) == [o.key for o in landing.list(crm.customers.landing_prefix)]
-        run = merge_pending(crm.customers, catalog=crm.lake.env.catalog, ledger=ledger, landing=landing, engine=InProcessEngine())
-        assert _totals(run) == (2, 0, 0)
-        assert crm.lake_rows(crm.customers, "customer_id") == crm.source("public.customers", "customer_id")
-    finally:
-        server.stop()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    bucket = f"landing-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    landing = S3LandingZone(bucket, "raw", s3)
+    ledger = crm.lake.env.ledger
+    crm.customer(1, "a", "1.00")
+    first = extract_table(crm.customers, ledger=ledger, landing=landing)
+    [listed] = list(landing.list(crm.customers.landing_prefix))
+    [entry] = ledger.entries("crm.customers")
+    assert (listed.key, entry.key, entry.checksum) == (first.key, first.key, listed.version)
+    crm.customer(2, "b", "2.00")
+    with pytest.raises(Crash):
+        extract_table(crm.customers, ledger=ledger, landing=landing, failpoint=_crash_at("after_extract_write"))
+    again = extract_table(crm.customers, ledger=ledger, landing=landing)
+    assert again.reused and again.info.rows == 1
+    assert sorted(e.key for e in ledger.entries("crm.customers")) == [o.key for o in landing.list(crm.customers.landing_prefix)]
+    run = merge_pending(crm.customers, catalog=crm.lake.env.catalog, ledger=ledger, landing=landing, engine=InProcessEngine())
+    assert _totals(run) == (2, 0, 0)
+    assert crm.lake_rows(crm.customers, "customer_id") == crm.source("public.customers", "customer_id")
