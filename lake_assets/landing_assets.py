@@ -95,12 +95,13 @@ def _unroutable_by_table(tables: Iterable[TableConfig], unrouted: list[LedgerEnt
     return out
 
 
-def observations(tables: list[TableConfig], ledger: FileLedger) -> list[AssetObservation]:
-    """Landing observations of these tables (the sensor's and the merge's)."""
+def observations(tables: list[TableConfig], ledger: FileLedger, unrouted: list[LedgerEntry] | None = None) -> list[AssetObservation]:
+    """Landing observations of these tables (the sensor's and the merge's); `unrouted`: the ledger's
+    unroutable files when the caller has just read them."""
     if not tables:
         return []
     files = ledger.table_files(t.identifier for t in tables)
-    unroutable = _unroutable_by_table(tables, ledger.unrouted())
+    unroutable = _unroutable_by_table(tables, ledger.unrouted() if unrouted is None else unrouted)
     out = []
     for t in tables:
         version, metadata = observation(t, files.get(t.identifier), unroutable[t.identifier])

@@ -117,13 +117,14 @@ def build_landing_sensor(registry: Registry, *, running: bool = True, jobs: dict
         resumed |= stalled
 
         landed = [tables[t] for t in sorted(report.recorded) if t in tables]
-        events: list = observations(landed, lake.ledger)  # what landed, on the landing assets
+        unrouted = lake.ledger.unrouted()  # read once: the landing observations and the unclaimed folders
+        events: list = observations(landed, lake.ledger, unrouted)  # what landed, on the landing assets
         was_stale = set(cursor.get("stale", []))
         stale, flipped = freshness_changes(tables, lake, was_stale)
         events += flipped
         # Folders no registry table claims: named with the command that drafts their entry, and
         # reported on landing/unclaimed_folders (its check warns) whenever the set changes.
-        unclaimed = unclaimed_folders((e.key for e in lake.ledger.unrouted()), registry)
+        unclaimed = unclaimed_folders((e.key for e in unrouted), registry)
         unclaimed_mark = _unclaimed_mark(unclaimed)
         if unclaimed_mark != cursor.get("unclaimed", _unclaimed_mark({})):  # a first tick with none: nothing to say
             for folder, n in list(unclaimed.items())[:20]:
